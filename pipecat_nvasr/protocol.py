@@ -1,0 +1,196 @@
+"""Wire protocol v1 between a Pipecat client and an nvasr worker.
+
+The one source of truth for message shapes, shared by the client services
+(`pipecat_nvasr`) and the workers (`services`). Plain dataclasses and json: no
+third-party imports, so a bot pays nothing for it. docs/protocol.md explains it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Union
+
+PROTOCOL_VERSION = 1
+SAMPLE_RATE = 16000
+LISTEN_PATH = "/v1/listen"
+TRANSCRIBE_PATH = "/v1/audio/transcriptions"
+
+
+class ErrorCode:
+    BAD_AUDIO = "bad_audio"
+    BAD_MESSAGE = "bad_message"
+    UNAUTHORIZED = "unauthorized"
+    OVERLOADED = "overloaded"
+    INTERNAL = "internal"
+
+    ALL = (BAD_AUDIO, BAD_MESSAGE, UNAUTHORIZED, OVERLOADED, INTERNAL)
+
+
+class CloseCode:
+    """WebSocket close codes (RFC 6455) the server uses."""
+
+    NORMAL = 1000
+    UNSUPPORTED = 1003  # e.g. a sample rate the worker does not take
+    POLICY = 1008  # unauthorized, or a protocol violation that ends the session
+    TOO_BIG = 1009  # a frame over the size limit
+    INTERNAL = 1011
+    OVERLOADED = 1013  # try again later
+
+
+class ProtocolError(Exception):
+    """A message the peer sent breaks the protocol; `code` is an ErrorCode."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------- client → server
+
+
+@dataclass
+class BoostPhrase:
+    phrase: str
+    weight: float = 1.0
+
+
+@dataclass
+class Configure:
+    boost: list[BoostPhrase] = field(default_factory=list)
+    type: str = "configure"
+
+
+@dataclass
+class Finalize:
+    type: str = "finalize"
+
+
+@dataclass
+class Close:
+    type: str = "close"
+
+
+ClientMessage = Union[Configure, Finalize, Close]
+
+MAX_BOOST_PHRASES = 100
+
+
+def _parse_boost(raw: Any) -> list[BoostPhrase]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_BOOST_PHRASES:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"'boost' must be a list of at most {MAX_BOOST_PHRASES} items"
+        )
+    phrases = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {"phrase": item}
+        if not isinstance(item, dict) or not isinstance(item.get("phrase"), str):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "each boost item needs a string 'phrase'")
+        phrase = item["phrase"].strip()
+        weight = item.get("weight", 1.0)
+        if not phrase or not isinstance(weight, (int, float)) or not 0 < weight <= 10:
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, "boost phrases must be non-empty with 0 < weight <= 10"
+            )
+        phrases.append(BoostPhrase(phrase, float(weight)))
+    return phrases
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """Parse a client text frame, raising ProtocolError(bad_message) on anything unknown."""
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "text frames must be JSON objects") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "text frames must be JSON objects")
+    kind = data.get("type")
+    if kind == "configure":
+        return Configure(boost=_parse_boost(data.get("boost")))
+    if kind == "finalize":
+        return Finalize()
+    if kind == "close":
+        return Close()
+    raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type: {kind!r}")
+
+
+# --------------------------------------------------------------------- server → client
+
+
+@dataclass
+class Ready:
+    session_id: str
+    model: str
+    sample_rate: int
+    chunk_ms: int
+    protocol: int = PROTOCOL_VERSION
+    type: str = "ready"
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass
+class Partial:
+    """The current utterance so far (cumulative, not a delta)."""
+
+    text: str
+    start: float
+    end: float
+    speaker: Optional[str] = None
+    type: str = "partial"
+
+
+@dataclass
+class Final:
+    text: str
+    start: float
+    end: float
+    words: list[Word] = field(default_factory=list)
+    from_finalize: bool = False
+    end_of_turn: bool = False
+    backchannel: bool = False
+    speaker: Optional[str] = None
+    type: str = "final"
+
+
+@dataclass
+class Closed:
+    type: str = "closed"
+
+
+@dataclass
+class Error:
+    code: str
+    message: str
+    type: str = "error"
+
+
+ServerMessage = Union[Ready, Partial, Final, Closed, Error]
+
+
+def dump(message: Union[ServerMessage, ClientMessage]) -> str:
+    """Serialise a message; optional fields that are None are left out."""
+    return json.dumps({k: v for k, v in asdict(message).items() if v is not None})
+
+
+def parse_server_message(text: str) -> ServerMessage:
+    """Parse a server text frame (used by clients). Unknown types raise ProtocolError."""
+    data = json.loads(text)
+    kind = data.pop("type", None)
+    if kind == "final":
+        data["words"] = [Word(**w) for w in data.get("words", [])]
+        return Final(**data)
+    types = {"ready": Ready, "partial": Partial, "closed": Closed, "error": Error}
+    if kind not in types:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown server message type: {kind!r}")
+    return types[kind](**data)

@@ -1,0 +1,225 @@
+"""Cache-aware FastConformer-RNNT streaming (Nemotron-Speech, Parakeet realtime) on NeMo's
+multi-stream inference pipeline.
+
+NeMo 3.0's `CacheAwareRNNTPipeline` already keeps each stream's encoder cache in a slot of
+one preallocated tensor, its feature buffer and its RNNT hypothesis, and runs any set of
+streams in one batched `transcribe_step`. This adapter only translates: our StepItems
+into NeMo Frames, NeMo's step outputs into protocol events, and our release into freeing
+the stream's slots (NeMo frees them only on a last frame).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+
+from pipecat_nvasr.protocol import BoostPhrase, Final, Partial, Word
+
+from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
+
+logger = logging.getLogger(__name__)
+
+# chunk (ms) → att_context_size [left, right] in encoder frames (80 ms each)
+CHUNK_CONTEXTS = {80: [70, 0], 160: [70, 1], 560: [70, 6], 1120: [70, 13]}
+
+
+def pipeline_config(
+    model: str,
+    chunk_ms: int,
+    max_streams: int,
+    device: str = "cpu",
+    compute_dtype: str = "float32",
+    endpoint_silence_ms: int = 800,
+    boosting: bool = True,
+) -> dict:
+    """The NeMo inference-pipeline config for one cache-aware RNNT model."""
+    if chunk_ms not in CHUNK_CONTEXTS:
+        raise ValueError(f"chunk_ms must be one of {sorted(CHUNK_CONTEXTS)}, not {chunk_ms}")
+    return {
+        "asr_decoding_type": "rnnt",
+        "pipeline_type": "cache_aware",
+        "asr": {
+            "model_name": model,
+            "device": device,
+            "device_id": 0,
+            "compute_dtype": compute_dtype,
+            "use_amp": False,
+            "decoding": {
+                "strategy": "greedy_batch",
+                "greedy": {
+                    "max_symbols": 10,
+                    "preserve_frame_confidence": True,
+                    "enable_per_stream_biasing": boosting,
+                },
+            },
+        },
+        "confidence": {"exclude_blank": True, "aggregation": "mean", "method_cfg": {"name": "max_prob"}},
+        "streaming": {
+            "sample_rate": 16000,
+            "batch_size": max_streams,
+            "num_slots": max_streams,
+            "att_context_size": CHUNK_CONTEXTS[chunk_ms],
+            "use_cache": True,
+            "use_feat_cache": True,
+            "word_boundary_tolerance": 4,
+            "request_type": "frame",
+            "chunk_size_in_secs": None,
+        },
+        # NeMo ends an utterance after this much trailing silence (blank run)
+        "endpointing": {"stop_history_eou": endpoint_silence_ms, "residue_tokens_at_end": 2},
+        "enable_itn": False,
+        "enable_nmt": False,
+        "asr_output_granularity": "word",
+        "return_tail_result": False,
+        "itn": {"batch_size": 32, "n_jobs": 1, "left_padding_size": 4},
+        "nmt": None,
+        "cache_dir": None,
+        "lang": "en",
+    }
+
+
+class CacheAwareRNNTAdapter(StreamingAdapter):
+    def __init__(
+        self,
+        model: str,
+        chunk_ms: int = 160,
+        max_streams: int = 256,
+        device: str = "cpu",
+        dtype: str = "float32",
+        endpoint_silence_ms: int = 800,
+    ):
+        import torch
+        from omegaconf import OmegaConf
+        from nemo.collections.asr.inference.factory.cache_aware_pipeline_builder import (
+            CacheAwarePipelineBuilder,
+        )
+
+        self._torch = torch
+        self.model_name = model
+        self.max_streams = max_streams
+        compute = "float32" if dtype == "float64" else dtype
+        cfg = pipeline_config(model, chunk_ms, max_streams, device, compute, endpoint_silence_ms)
+        self.pipeline = CacheAwarePipelineBuilder.build(OmegaConf.create(cfg))
+        if dtype == "float64":
+            self._use_float64()
+        self.sample_rate = self.pipeline.sample_rate
+        self.chunk_samples = int(round(self.pipeline.chunk_size_in_secs * self.sample_rate))
+        self._processed: dict[int, int] = {}  # stream → samples seen
+        self._utterance_start: dict[int, float] = {}  # stream → where the current utterance began
+        self.pipeline.open_session()
+
+    def _use_float64(self) -> None:
+        """Reference precision on CPU: exact-token comparisons need it (fp32 near-ties flip)."""
+        torch = self._torch
+        wrapper = self.pipeline.asr_model
+        wrapper.asr_model.double()
+        wrapper.cast_dtype = torch.float64
+        cm = self.pipeline.context_manager
+        cm.cache_last_channel = cm.cache_last_channel.double()
+        cm.cache_last_time = cm.cache_last_time.double()
+
+    # ------------------------------------------------------------------ engine contract
+
+    def step(self, items: list[StepItem]) -> list[StepOutput]:
+        from nemo.collections.asr.inference.streaming.framing.request import Frame
+
+        frames = []
+        for item in items:
+            samples = item.samples
+            if len(samples) < self.chunk_samples:
+                samples = np.pad(samples, (0, self.chunk_samples - len(samples)))
+            if item.is_first:
+                self._processed[item.stream_id] = 0
+                self._utterance_start[item.stream_id] = 0.0
+            frames.append(
+                Frame(
+                    samples=self._torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
+                    stream_id=item.stream_id,
+                    is_first=item.is_first,
+                    is_last=item.is_last,
+                    length=len(item.samples),
+                    options=self._options(item.boost) if item.is_first else None,
+                )
+            )
+        outputs = self.pipeline.transcribe_step(frames)
+        results = [self._convert(item, out) for item, out in zip(items, outputs)]
+        for item in items:
+            if item.is_last:
+                self._forget(item.stream_id)
+        return results
+
+    def release(self, stream_id: int) -> None:
+        p = self.pipeline
+        slot = p.context_manager.streamidx2slotidx.get(stream_id)
+        if slot is not None:
+            p.context_manager._reset_slots([slot])  # NeMo frees slots only on a last frame
+        slot = p.bufferer.streamidx2slotidx.get(stream_id)
+        if slot is not None:
+            p.bufferer.free_slots([slot])
+        state = p.get_state(stream_id)
+        if state is not None and state.has_biasing_request():
+            self._drop_biasing(state)
+        p.delete_state(stream_id)
+        self._forget(stream_id)
+
+    def active_streams(self) -> int:
+        return len(self.pipeline.context_manager.streamidx2slotidx) + len(self.pipeline._state_pool)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _forget(self, stream_id: int) -> None:
+        self._processed.pop(stream_id, None)
+        self._utterance_start.pop(stream_id, None)
+
+    def _options(self, boost: list[BoostPhrase]):
+        from nemo.collections.asr.inference.streaming.framing.request_options import ASRRequestOptions
+
+        if not boost:
+            return ASRRequestOptions()
+        from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
+        from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import (
+            BoostingTreeModelConfig,
+        )
+
+        tree = BoostingTreeModelConfig(key_phrases_list=[b.phrase for b in boost], use_triton=False)
+        alpha = max(b.weight for b in boost)
+        return ASRRequestOptions(
+            biasing_cfg=BiasingRequestItemConfig(boosting_model_cfg=tree, boosting_model_alpha=alpha)
+        )
+
+    def _drop_biasing(self, state) -> None:
+        cfg = state.options.biasing_cfg
+        try:
+            computer = self.pipeline.asr_model.asr_model.decoding.decoding.decoding_computer
+            if cfg.multi_model_id is not None and cfg.auto_manage_multi_model:
+                cfg.remove_from_multi_model(biasing_multi_model=computer.biasing_multi_model)
+        except AttributeError:
+            pass
+
+    def _convert(self, item: StepItem, out) -> StepOutput:
+        sid = item.stream_id
+        self._processed[sid] = self._processed.get(sid, 0) + len(item.samples)
+        now = self._processed[sid] / self.sample_rate
+        result = StepOutput()
+        if out.final_transcript.strip():
+            words = [
+                Word(word=s.text.strip(), start=round(s.start, 3), end=round(s.end, 3), confidence=round(float(s.conf), 4))
+                for s in (out.final_segments or [])
+                if s.text.strip()
+            ]
+            start = words[0].start if words else self._utterance_start.get(sid, 0.0)
+            end = words[-1].end if words else now
+            result.finals.append(Final(text=out.final_transcript.strip(), start=start, end=end, words=words))
+            self._utterance_start[sid] = end
+        partial = out.partial_transcript.strip()
+        if partial and not item.is_last:
+            result.partial = Partial(text=partial, start=self._utterance_start.get(sid, 0.0), end=now)
+        return result
+
+
+def load(model: str, chunk_ms: int, max_streams: int, device: str, dtype: Optional[str] = None):
+    """Build the adapter on the device's natural precision (bf16 on CUDA, fp32 on CPU)."""
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    return CacheAwareRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams, device=device, dtype=dtype)

@@ -1,0 +1,70 @@
+"""The contract between the model-agnostic engine and a streaming model adapter.
+
+The engine owns sessions, buffering and scheduling; an adapter owns the model and each
+stream's model state. The engine calls an adapter from ONE thread only, so adapters need
+no locking. Times in adapter output are seconds from the start of that adapter stream.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+
+from pipecat_nvasr.protocol import BoostPhrase, Final, Partial
+
+Event = Union[Partial, Final]
+
+
+@dataclass
+class StepItem:
+    """One stream's input for one batched step.
+
+    `samples` is float32 in [-1, 1]; it holds exactly `chunk_samples` unless `is_last`
+    (the last chunk of a stream may be shorter, even empty). `boost` is set on the first
+    item of a stream (its key phrases for this utterance).
+    """
+
+    stream_id: int
+    samples: np.ndarray
+    is_first: bool
+    is_last: bool
+    boost: list[BoostPhrase] = field(default_factory=list)
+
+
+@dataclass
+class StepOutput:
+    """What one stream produced in one step: finals (utterances that ended) and the partial."""
+
+    finals: list[Final] = field(default_factory=list)
+    partial: Optional[Partial] = None
+
+
+class StreamingAdapter(ABC):
+    model_name: str
+    sample_rate: int = 16000
+    chunk_samples: int
+    max_streams: int
+
+    @property
+    def chunk_ms(self) -> int:
+        return round(1000 * self.chunk_samples / self.sample_rate)
+
+    @abstractmethod
+    def step(self, items: list[StepItem]) -> list[StepOutput]:
+        """Run every item in one batch; return one output per item, in order."""
+
+    @abstractmethod
+    def release(self, stream_id: int) -> None:
+        """Forget a stream that ends without a last chunk (disconnect, error)."""
+
+    def active_streams(self) -> int:
+        """Streams holding model state now (for leak checks and metrics)."""
+        return 0
+
+    def warmup(self) -> None:
+        """Run the model once so the first real request pays no lazy initialisation."""
+        silence = np.zeros(self.chunk_samples, dtype=np.float32)
+        self.step([StepItem(stream_id=-1, samples=silence, is_first=True, is_last=True)])

@@ -1,0 +1,161 @@
+"""The engine core: sessions in, batched model steps on one thread, events out.
+
+The asyncio loop only moves audio and messages; every model call runs on a single
+dedicated inference thread (cache-aware stream steps are not thread-safe). The loop
+wakes on new work, runs a step for every ready session at once, and immediately looks
+again — continuous batching with no fixed sleeps: audio that arrives during a step is
+in the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+from pipecat_nvasr.protocol import Error, ErrorCode
+
+from .adapter import StepItem, StepOutput, StreamingAdapter
+from .scheduler import select_batch
+from .session import Overloaded, Session
+
+logger = logging.getLogger(__name__)
+
+StepObserver = Callable[[int, float], None]  # (batch size, seconds) per step, for metrics
+
+
+class EngineCore:
+    def __init__(
+        self,
+        adapter: StreamingAdapter,
+        max_sessions: Optional[int] = None,
+        max_batch: int = 64,
+        max_buffer_seconds: float = 10.0,
+        on_step: Optional[StepObserver] = None,
+    ):
+        self.adapter = adapter
+        self.max_sessions = min(max_sessions or adapter.max_streams, adapter.max_streams)
+        self.max_batch = max_batch
+        self.max_buffer_samples = int(max_buffer_seconds * adapter.sample_rate)
+        self.on_step = on_step
+        self.sessions: dict[str, Session] = {}
+        self.steps = 0
+        self._releases: list[int] = []  # adapter streams to forget, on the inference thread
+        self._wakeup = asyncio.Event()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task: Optional[asyncio.Task] = None
+
+    @property
+    def model_name(self) -> str:
+        return self.adapter.model_name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.adapter.sample_rate
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.adapter.chunk_ms
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="engine-core")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._thread.shutdown(wait=True)
+
+    async def run_on_model_thread(self, fn, *args):
+        """Run `fn` on the inference thread (loading, warm-up, inspection)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    # ------------------------------------------------------------------ sessions
+
+    def open(self) -> Session:
+        if len(self.sessions) >= self.max_sessions:
+            raise Overloaded(f"this worker is at its limit of {self.max_sessions} sessions")
+        session = Session(self.adapter.sample_rate, self.max_buffer_samples)
+        self.sessions[session.id] = session
+        return session
+
+    def append(self, session: Session, samples) -> None:
+        session.append(samples)
+        if session.has_work(self.adapter.chunk_samples):
+            self._wakeup.set()
+
+    def finalize(self, session: Session) -> None:
+        session.finalize()
+        self._wakeup.set()
+
+    def close(self, session: Session) -> None:
+        session.close()
+        self._wakeup.set()
+
+    def drop(self, session: Session) -> None:
+        """Forget a session now (disconnect, error): its model state is freed, always."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.closed = True
+        if session.stream_id is not None:
+            self._releases.append(session.stream_id)
+            session.stream_id = None
+            self._wakeup.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while True:
+                batch = select_batch(self.sessions.values(), self.adapter.chunk_samples, self.max_batch)
+                releases, self._releases = self._releases, []
+                if not batch and not releases:
+                    break
+                planned = [(s, s.next_item(self.adapter.chunk_samples)) for s in batch]
+                items = [item for _, item in planned if item is not None]
+                self.steps += 1
+                try:
+                    outputs = await loop.run_in_executor(self._thread, self._step, items, releases)
+                except Exception as exc:  # the model failed: these sessions cannot go on
+                    logger.exception("inference step failed")
+                    self._fail(batch, items, exc)
+                    continue
+                by_stream = dict(zip((i.stream_id for i in items), outputs))
+                for session, item in planned:
+                    session.last_step = self.steps
+                    if session.closed and session.id not in self.sessions:
+                        continue  # dropped while its step ran; its stream was released
+                    session.deliver(item, by_stream.get(item.stream_id) if item else None)
+                    if session.closed:
+                        self.sessions.pop(session.id, None)
+
+    def _step(self, items: list[StepItem], releases: list[int]) -> list[StepOutput]:
+        for stream_id in releases:
+            self.adapter.release(stream_id)
+        if not items:
+            return []
+        started = time.perf_counter()
+        outputs = self.adapter.step(items)
+        if self.on_step:
+            self.on_step(len(items), time.perf_counter() - started)
+        return outputs
+
+    def _fail(self, batch: list[Session], items: list[StepItem], exc: Exception) -> None:
+        self._releases.extend(item.stream_id for item in items)  # release is idempotent
+        for session in batch:
+            session.stream_id = None
+            session.fail(Error(ErrorCode.INTERNAL, f"inference failed: {type(exc).__name__}"))
+            self.drop(session)
+        self._wakeup.set()

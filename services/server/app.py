@@ -1,0 +1,88 @@
+"""FastAPI app factory shared by every worker (streaming, segmenter, batch).
+
+A worker brings a listen backend (for `/v1/listen`) and/or extra routers (the batch
+worker's `/v1/audio/transcriptions`); the app adds auth, `/health` and `/metrics`, and runs
+the backend's start/stop with the app's lifespan.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Awaitable, Callable, Optional, Sequence
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+
+from pipecat_nvasr.protocol import LISTEN_PATH, PROTOCOL_VERSION
+
+from .auth import is_authorized
+from .listen import ListenBackend, serve_listen
+from .metrics import Metrics
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def require_token(token: Optional[str]):
+    """A FastAPI dependency rejecting requests without the worker's token (401)."""
+
+    def check(request: Request) -> None:
+        if not is_authorized(request, token):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def create_app(
+    *,
+    worker: str,
+    token: Optional[str],
+    listen: Optional[ListenBackend] = None,
+    routers: Sequence[APIRouter] = (),
+    metrics: Optional[Metrics] = None,
+    on_startup: Sequence[Hook] = (),
+    on_shutdown: Sequence[Hook] = (),
+    health: Optional[Callable[[], dict]] = None,
+) -> FastAPI:
+    metrics = metrics or Metrics(worker)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for hook in on_startup:
+            await hook()
+        try:
+            yield
+        finally:
+            for hook in on_shutdown:
+                await hook()
+
+    app = FastAPI(title=f"nvasr {worker} worker", lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.listen = listen
+    auth = [Depends(require_token(token))]
+
+    @app.get("/health", dependencies=auth)
+    async def get_health() -> JSONResponse:
+        body = {"status": "ok", "worker": worker, "protocol": PROTOCOL_VERSION}
+        if listen is not None:
+            body["model"] = listen.model_name
+        if health is not None:
+            body.update(health())
+        return JSONResponse(body)
+
+    @app.get("/metrics", dependencies=auth)
+    async def get_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    if listen is not None:
+
+        @app.websocket(LISTEN_PATH)
+        async def listen_socket(ws: WebSocket) -> None:
+            await serve_listen(ws, listen, token, metrics)
+
+    for router in routers:
+        app.include_router(router, dependencies=auth)
+    return app

@@ -1,0 +1,121 @@
+"""Assemble a streaming worker: model adapter → engine → app.
+
+The CLI and the Modal classes call `create_streaming_app` with a config; they add no logic
+of their own. Each worker kind names its default production model and its adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from fastapi import FastAPI
+
+from .engine.adapter import StreamingAdapter
+from .engine.core import EngineCore
+from .server.app import create_app
+from .server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODELS = {
+    "nemotron": "nvidia/nemotron-speech-streaming-en-0.6b",
+    "parakeet-realtime": "nvidia/parakeet_realtime_eou_120m-v1",
+}
+DEFAULT_CHUNK_MS = {"nemotron": 160, "parakeet-realtime": 160}
+
+
+@dataclass
+class StreamingConfig:
+    worker: str = "nemotron"
+    model: Optional[str] = None  # a Hugging Face id or a local .nemo path
+    fallback_model: Optional[str] = None  # used, loudly, when `model` cannot be loaded
+    device: str = "cpu"
+    dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
+    chunk_ms: Optional[int] = None
+    max_sessions: int = 256
+    max_batch: int = 64
+    max_buffer_seconds: float = 10.0
+    token: Optional[str] = None
+    warmup: bool = True
+
+    @property
+    def model_id(self) -> str:
+        return self.model or DEFAULT_MODELS[self.worker]
+
+
+def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
+    from .adapters.cache_aware import CacheAwareRNNTAdapter
+
+    dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
+    return CacheAwareRNNTAdapter(
+        model,
+        chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS.get(cfg.worker, 160),
+        max_streams=cfg.max_sessions,
+        device=cfg.device,
+        dtype=dtype,
+    )
+
+
+ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {"nemotron": _cache_aware}
+
+
+def load_adapter(cfg: StreamingConfig) -> StreamingAdapter:
+    """Load the worker's model; if it cannot be had and a fallback is set, say so and use that."""
+    if cfg.worker not in ADAPTERS:
+        raise ValueError(f"unknown streaming worker {cfg.worker!r}; known: {sorted(ADAPTERS)}")
+    build = ADAPTERS[cfg.worker]
+    try:
+        return build(cfg, cfg.model_id)
+    except Exception as exc:
+        if not cfg.fallback_model or os.path.exists(cfg.model_id):
+            raise
+        logger.warning(
+            "could not load %s (%s: %s) — the model hub is probably unreachable from here. "
+            "Falling back to %s.",
+            cfg.model_id, type(exc).__name__, str(exc).splitlines()[0][:200], cfg.fallback_model,
+        )
+        print(
+            f"NOTE: model {cfg.model_id} could not be downloaded; using the bundled model "
+            f"{cfg.fallback_model} instead (it knows a small demo vocabulary only)."
+        )
+        return build(cfg, cfg.fallback_model)
+
+
+def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapter] = None) -> FastAPI:
+    adapter = adapter or load_adapter(cfg)
+    metrics = Metrics(cfg.worker)
+    engine = EngineCore(
+        adapter,
+        max_sessions=cfg.max_sessions,
+        max_batch=cfg.max_batch,
+        max_buffer_seconds=cfg.max_buffer_seconds,
+        on_step=metrics.observe_step,
+    )
+
+    async def start() -> None:
+        await engine.start()
+        if cfg.warmup:
+            await engine.run_on_model_thread(adapter.warmup)
+
+    def health() -> dict:
+        return {
+            "sessions": len(engine.sessions),
+            "max_sessions": engine.max_sessions,
+            "chunk_ms": adapter.chunk_ms,
+            "model_streams": adapter.active_streams(),
+        }
+
+    app = create_app(
+        worker=cfg.worker,
+        token=cfg.token,
+        listen=engine,
+        metrics=metrics,
+        on_startup=[start],
+        on_shutdown=[engine.stop],
+        health=health,
+    )
+    app.state.engine = engine
+    return app

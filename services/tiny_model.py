@@ -1,0 +1,184 @@
+"""Small random-weight cache-aware models built from config, for tests and benchmarks.
+
+No pretrained weights are reachable offline, so the engine is exercised with models of the
+production architecture (cache-aware FastConformer + RNNT, chunked_limited attention,
+causal convolutions) shrunk to a few layers. A SentencePiece tokenizer is trained on a
+word list on the spot. Everything is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+WORDS = (
+    "yes no hello please order pizza weather tomorrow schedule meeting one two three four five "
+    "six seven eight nine zero what is the time call me at noon today cancel book table for "
+    "with cheese large small coffee tea thanks goodbye morning evening"
+).split()
+
+EOU_PIECES = ["<EOU>", "<EOB>"]
+
+
+def train_tokenizer(out_dir: str | Path, vocab_size: int = 64, eou: bool = False) -> Path:
+    """Train a BPE SentencePiece model on WORDS; with `eou`, <EOU>/<EOB> become the last pieces."""
+    import sentencepiece as spm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = out_dir / "corpus.txt"
+    lines = [" ".join(WORDS[i : i + 5]) for i in range(0, len(WORDS), 3)] + WORDS
+    corpus.write_text("\n".join(lines) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(out_dir / "tokenizer"),
+        vocab_size=vocab_size - (len(EOU_PIECES) if eou else 0),
+        model_type="bpe",
+        character_coverage=1.0,
+        bos_id=-1,
+        eos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    if eou:
+        _append_pieces(out_dir / "tokenizer.model", EOU_PIECES)
+    sp = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    (out_dir / "vocab.txt").write_text("\n".join(pieces) + "\n")
+    return out_dir
+
+
+def _append_pieces(model_path: Path, pieces: list[str]) -> None:
+    """Append user-defined pieces at the END of a SentencePiece model (EOU models need this).
+
+    Written at the protobuf wire level: a repeated field may be appended after later fields,
+    and this avoids sentencepiece_model_pb2, which clashes with the installed protobuf runtime.
+    """
+    import struct
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    data = bytearray(model_path.read_bytes())
+    for piece in pieces:
+        raw = piece.encode()
+        # SentencePiece{piece=1:string, score=2:float, type=3:enum USER_DEFINED(4)}
+        body = b"\x0a" + varint(len(raw)) + raw + b"\x15" + struct.pack("<f", 0.0) + b"\x18\x04"
+        data += b"\x0a" + varint(len(body)) + body  # ModelProto.pieces = field 1
+    model_path.write_bytes(bytes(data))
+
+
+def model_config(
+    tokenizer_dir: str | Path,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 2,
+    att_context_size: Optional[list[list[int]]] = None,
+    eou: bool = False,
+) -> dict:
+    """A cache-aware FastConformer-RNNT config in the shape of the production models."""
+    att_context_size = att_context_size or [[70, 13], [70, 6], [70, 1], [70, 0]]
+    sample_rate = 16000
+    cfg = {
+        "sample_rate": sample_rate,
+        "model_defaults": {"enc_hidden": d_model, "pred_hidden": d_model, "joint_hidden": d_model},
+        "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": sample_rate,
+            "normalize": "NA",
+            "window_size": 0.025,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": 80,
+            "n_fft": 512,
+            "log": True,
+            "frame_splicing": 1,
+            "dither": 0.0,
+            "pad_to": 0,
+            "pad_value": 0.0,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": 80,
+            "feat_out": -1,
+            "n_layers": n_layers,
+            "d_model": d_model,
+            "subsampling": "dw_striding",
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": 32,
+            "causal_downsampling": True,
+            "ff_expansion_factor": 2,
+            "self_attention_model": "rel_pos",
+            "n_heads": n_heads,
+            "att_context_size": att_context_size,
+            "att_context_probs": None,
+            "att_context_style": "chunked_limited",
+            "xscaling": True,
+            "untie_biases": True,
+            "pos_emb_max_len": 5000,
+            "conv_kernel_size": 9,
+            "conv_norm_type": "layer_norm",
+            "conv_context_size": "causal",
+            "dropout": 0.0,
+            "dropout_pre_encoder": 0.0,
+            "dropout_emb": 0.0,
+            "dropout_att": 0.0,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.RNNTDecoder",
+            "normalization_mode": None,
+            "random_state_sampling": False,
+            "blank_as_pad": True,
+            "prednet": {"pred_hidden": d_model, "pred_rnn_layers": 1, "t_max": None, "dropout": 0.0},
+        },
+        "joint": {
+            "_target_": "nemo.collections.asr.modules.RNNTJoint",
+            "log_softmax": None,
+            "preserve_memory": False,
+            "fuse_loss_wer": False,
+            "jointnet": {"joint_hidden": d_model, "activation": "relu", "dropout": 0.0},
+        },
+        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
+        "loss": {"loss_name": "default"},
+        "optim": {"name": "adamw", "lr": 1e-3},
+        "train_ds": None,
+        "test_ds": None,
+        "validation_ds": None
+        if eou
+        else {"manifest_filepath": None, "sample_rate": sample_rate, "batch_size": 1, "shuffle": False},
+    }
+    return cfg
+
+
+def build_model(
+    tokenizer_dir: str | Path, seed: int = 0, eou: bool = False, **config_kwargs
+):
+    """Instantiate a random-weight model (RNNT, or the EOU variant) in eval mode."""
+    import torch
+    from omegaconf import OmegaConf
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if eou:
+        from nemo.collections.asr.models.asr_eou_models import EncDecRNNTBPEEOUModel as cls
+    else:
+        from nemo.collections.asr.models import EncDecRNNTBPEModel as cls
+
+    torch.manual_seed(seed)
+    cfg = OmegaConf.create(model_config(tokenizer_dir, eou=eou, **config_kwargs))
+    model = cls(cfg=cfg)
+    return model.eval()
+
+
+def save_tiny_model(path: str | Path, workdir: str | Path, seed: int = 0, eou: bool = False, **kw) -> Path:
+    """Build a random tiny model and write it as a `.nemo` file (what the servers load)."""
+    tok = train_tokenizer(Path(workdir) / ("tok_eou" if eou else "tok"), eou=eou)
+    model = build_model(tok, seed=seed, eou=eou, **kw)
+    model.save_to(str(path))
+    return Path(path)

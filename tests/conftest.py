@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny NeMo models, a real uvicorn server on 127.0.0.1, speech assets.
+
+NeMo is imported once per pytest process (8 s, 800 MB), so models and servers are
+session-scoped wherever a test does not change them.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+for _var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):  # a stray cloud call fails at once
+    os.environ.pop(_var, None)
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+TOKEN = "test-token"
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_rnnt(tmp_path_factory) -> Path:
+    """A random-weight cache-aware RNNT (d64 × 2 layers) as a .nemo file."""
+    from services.tiny_model import save_tiny_model
+
+    work = tmp_path_factory.mktemp("tiny")
+    return save_tiny_model(work / "rnnt.nemo", work, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_rnnt() -> Path:
+    """The project's own small model trained on synthetic speech (tools/tiny_model)."""
+    path = ASSETS / "tiny_rnnt.nemo"
+    assert path.exists(), "tests/assets/tiny_rnnt.nemo is missing: run tools/tiny_model"
+    return path
+
+
+@pytest.fixture(scope="session")
+def heldout() -> list[dict]:
+    """Held-out utterances: [{'audio': Path, 'text': str, 'samples': float32 array}]."""
+    import soundfile as sf
+
+    base = ASSETS / "heldout"
+    items = json.loads((base / "manifest.json").read_text())
+    for item in items:
+        audio, rate = sf.read(base / item["audio"], dtype="float32")
+        assert rate == 16000
+        item["samples"] = audio
+    return items
+
+
+def noise_audio(seed: int, seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+class LiveServer:
+    """A real uvicorn server for an ASGI app on 127.0.0.1, in a background thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=4 * 1024 * 1024)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,83 @@
+"""Write the markdown model card next to a .nemo from the training and evaluation JSON in work/."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TARGETS = {
+    "offline_wer": "<= 10 %",
+    "streaming_wer_160ms": "within 2 points of offline",
+    "eou_within_500ms_pct": ">= 90 %",
+    "eou_on_mid_pause_pct": "< 5 %",
+}
+
+
+def _mark(key: str, v, res: dict) -> str:
+    if v is None:
+        return ""
+    if key == "offline_wer":
+        return "met" if v <= 10 else "NOT met"
+    if key == "streaming_wer_160ms":
+        return "met" if v - res["offline_wer"] <= 2 else "NOT met"
+    if key == "eou_within_500ms_pct":
+        return "met" if v >= 90 else "NOT met"
+    if key == "eou_on_mid_pause_pct":
+        return "met" if v < 5 else "NOT met"
+    return ""
+
+
+def write_card(kind: str, nemo: Path, work: Path) -> Path:
+    tr = json.loads((work / f"train_{kind}.json").read_text())
+    ev = json.loads((work / f"eval_{kind}.json").read_text())
+    name = nemo.stem
+    title = ("Tiny cache-aware streaming FastConformer, hybrid RNNT+CTC" if kind == "rnnt"
+             else "Tiny cache-aware streaming FastConformer RNNT with end-of-utterance tokens")
+    cls = ("EncDecHybridRNNTCTCBPEModel" if kind == "rnnt"
+           else "nemo.collections.asr.models.asr_eou_models.EncDecRNNTBPEEOUModel")
+    lines = [
+        f"# {name}.nemo - {title}", "",
+        "A TEST model: it knows only the ~100 words in `tools/tiny_model/words.txt`, spoken by espeak-ng.",
+        "It exists so tests and the offline demo show real words without downloading weights.", "",
+        "## Model",
+        f"- class `{cls}`, NeMo 3.0.0; {nemo.stat().st_size / 1e6:.1f} MB",
+        "- FastConformer encoder d_model 128, 4 layers, 4 heads, causal 8x dw_striding subsampling (64 ch),",
+        "  causal convolutions (kernel 9), `att_context_style: chunked_limited`,",
+        "  `att_context_size: [[70,6],[70,1]]` (560 ms / 160 ms chunks), `normalize: NA`, 80 mel features",
+        "- RNNT prediction net (LSTM 128) and joint 128" + (", CTC auxiliary head (weight 0.5)" if kind == "rnnt" else ""),
+        f"- SentencePiece BPE vocabulary {tr['vocab']}" + (" (128 BPE pieces + `<EOU>`, `<EOB>` as the last two)"
+                                                          if kind == "eou" else ""),
+        "", "## Data",
+        f"- {tr['utterances']} synthetic utterances ({tr['hours']} h), espeak-ng: 4 English voices x 4 variants,",
+        "  speed 135-195 wpm, pitch 30-70, 16 kHz (soxr from 22.05 kHz), white noise at 25-45 dB SNR, gain 0.5-1.0",
+        "- sentences: voice-agent templates + random word strings, 1-8 words, vocabulary in `words.txt`",
+    ]
+    if kind == "eou":
+        lines += ["- `<EOU>` after every utterance; 60 % clips with 0.6-1.5 s trailing silence, 25 % one utterance",
+                  "  with a 0.2-0.45 s mid-sentence pause (no `<EOU>` there), 15 % two utterances 0.8-1.5 s apart"]
+    lines += [
+        f"- held-out: {ev['n_heldout']} sentences never seen in training (3-8 words)",
+        "", "## Training",
+        f"- {tr['steps']} steps, batch {tr['batch']}, AdamW lr {tr['lr']}, {tr['warmup']} warm-up steps then cosine,",
+        f"  no SpecAugment, 2 CPU threads, plain PyTorch loop with the vectorised RNNT loss: {tr['train_minutes']} min",
+        f"- seed {tr['seed']}; final train RNNT loss {tr['final_rnnt_loss']}",
+    ]
+    if kind == "eou":
+        lines.append("- initialised from tiny_rnnt.nemo (same BPE pieces; new `<EOU>`/`<EOB>` output rows)")
+    lines += ["", "## Held-out results", "", "| metric | value | target | |", "|---|---|---|---|"]
+    for key, label in [("offline_wer", "offline WER, RNNT greedy (%)"),
+                       ("streaming_wer_160ms", "streaming WER, 160 ms chunks, [70,1] (%)"),
+                       ("eou_within_500ms_pct", "`<EOU>` within 500 ms after speech end (%)"),
+                       ("eou_on_mid_pause_pct", "`<EOU>` on a mid-sentence pause (%)")]:
+        if key in ev:
+            lines.append(f"| {label} | {ev[key]} | {TARGETS[key]} | {_mark(key, ev[key], ev)} |")
+    for key in ["eou_latency_median_ms", "eou_latency_p90_ms", "eou_missed_pct", "eou_before_speech_end_pct",
+                "eou_at_end_of_paused_pct", "streaming_wer_trailing_silence", "streaming_wer_mid_pause"]:
+        if key in ev:
+            lines.append(f"| {key} | {ev[key]} | | |")
+    lines += ["", "Examples (reference / offline / streaming):", ""]
+    lines += [f"- `{e['ref']}` / `{e['offline']}` / `{e['stream']}`" for e in ev["examples"][:5]]
+    lines += ["", "Rebuild: `python tools/tiny_model/make_data.py && python tools/tiny_model/train.py ...`"
+              " (see tools/tiny_model/README.md)", ""]
+    out = nemo.with_suffix(".md")
+    out.write_text("\n".join(lines))
+    return out

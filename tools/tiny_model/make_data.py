@@ -1,0 +1,68 @@
+"""Build the synthetic corpus (tools/tiny_model/work/) and the small committed test assets.
+
+    python tools/tiny_model/make_data.py [--seed 1234]
+
+tests/assets/heldout/  24 held-out utterances (sentences never in training) + manifest.json
+tests/assets/eou/      8 clips of 2-3 held-out utterances separated by ~1.2 s silence + manifest.json
+tests/assets/demo.wav  3 short held-out sentences with ~1 s pauses (~10 s) + demo.txt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from corpus import build, render  # noqa: E402
+from sentences import split_sentences  # noqa: E402
+
+ASSETS = HERE.parents[1] / "tests" / "assets"
+N_TRAIN, N_TEST, N_EOU = 10000, 300, 8000
+
+
+def make_assets(seed: int) -> None:
+    _, test = split_sentences(seed, N_TRAIN + 2 * N_EOU, N_TEST)
+    tmpl = test[:60]  # natural template sentences, 3-8 words, never in training
+    r = random.Random(seed + 99)
+    held = ASSETS / "heldout"
+    held.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, text in enumerate(tmpl[:24]):
+        e = render([(r.uniform(0.2, 0.4), text)], r.uniform(0.3, 0.5), seed * 5_000_011 + i, held / f"h{i:02d}.wav")
+        s = e["segments"][0]
+        rows.append({"audio": f"h{i:02d}.wav", "text": text, "speech_start": s[0], "speech_end": s[1]})
+    (held / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+    eou = ASSETS / "eou"
+    eou.mkdir(parents=True, exist_ok=True)
+    rows, pool = [], iter(tmpl[24:])
+    for i in range(8):
+        texts = [next(pool) for _ in range(3 if i % 2 == 0 else 2)]
+        parts = [(0.3 if j == 0 else r.uniform(1.1, 1.3), t) for j, t in enumerate(texts)]
+        e = render(parts, 1.0, seed * 6_000_011 + i, eou / f"e{i}.wav")
+        rows.append({"audio": f"e{i}.wav", "text": e["text"],
+                     "utterances": [{"text": t, "speech_start": a, "speech_end": b} for a, b, t in e["segments"]]})
+    (eou / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+    demo = [next(pool) for _ in range(3)]
+    e = render([(0.5, demo[0]), (1.0, demo[1]), (1.0, demo[2])], 0.8, seed * 7_000_003, ASSETS / "demo.wav")
+    (ASSETS / "demo.txt").write_text("\n".join(demo) + "\n")
+    print("demo:", demo, e["duration"], "s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--work", type=Path, default=HERE / "work")
+    ap.add_argument("--assets-only", action="store_true")
+    a = ap.parse_args()
+    make_assets(a.seed)
+    if not a.assets_only:
+        build(a.work, a.seed, N_TRAIN, N_TEST, N_EOU)
+
+
+if __name__ == "__main__":
+    main()
