@@ -2,7 +2,7 @@
 
 Layout under tools/tiny_model/work/ (gitignored, rebuilt by this script):
   asr/{train,test}.jsonl      plain utterances, 0.1-0.5 s silence around the speech
-  eou/train.jsonl             trailing-silence clips, mid-sentence pauses and 2-utterance clips
+  eou/train.jsonl             short/long trailing silence, mid-sentence pauses, 2-utterance clips
   eou/{test,test_pause}.jsonl held-out sentences: trailing silence / one mid-sentence pause
 Every manifest line is NeMo style (audio_filepath, duration, text) plus the true speech boundaries
 (`segments`: [[start, end, text], ...] in seconds) measured from espeak's own output, not guessed.
@@ -23,6 +23,7 @@ import soxr
 SR = 16000
 VOICES = ["en-us", "en-gb", "en-gb-x-rp", "en-029"]
 VARIANTS = ["", "+m3", "+f2", "+f4"]
+PAUSE = (0.12, 0.3)  # mid-sentence pause (s): no <EOU> there
 
 
 def synth(text: str, r: random.Random) -> np.ndarray:
@@ -80,41 +81,53 @@ def split_pause(text: str, r: random.Random) -> list[tuple[float, str]] | None:
     if len(w) < 3:
         return None
     k = r.randint(1, len(w) - 1)
-    return [(r.uniform(0.1, 0.4), " ".join(w[:k])), (r.uniform(0.2, 0.45), " ".join(w[k:]))]
+    return [(r.uniform(0.1, 0.4), " ".join(w[:k])), (r.uniform(*PAUSE), " ".join(w[k:]))]
 
 
-def build(work: Path, seed: int, n_train: int, n_test: int, n_eou: int) -> None:
+def build(work: Path, seed: int, n_train: int, n_test: int, n_eou: int, parts=("asr", "eou")) -> None:
     from sentences import split_sentences
 
     train, test = split_sentences(seed, n_train + 2 * n_eou, n_test)
     asr_train, eou_train = train[:n_train], train[n_train:]
-    r = random.Random(seed + 1)
-    d = work / "asr" / "wav"
-    d.mkdir(parents=True, exist_ok=True)
-    mk = lambda i, text, split: ([(r.uniform(0.1, 0.5), text)], r.uniform(0.1, 0.5), seed * 1_000_003 + i,
-                                 d / f"{split}_{i:05d}.wav")
-    _write([mk(i, t, "tr") for i, t in enumerate(asr_train)], work / "asr" / "train.jsonl")
-    _write([mk(100_000 + i, t, "te") for i, t in enumerate(test)], work / "asr" / "test.jsonl")
+    if "asr" in parts:
+        r = random.Random(seed + 1)
+        d = work / "asr" / "wav"
+        d.mkdir(parents=True, exist_ok=True)
+        mk = lambda i, text, split: ([(r.uniform(0.1, 0.5), text)], r.uniform(0.1, 0.5), seed * 1_000_003 + i,
+                                     d / f"{split}_{i:05d}.wav")
+        _write([mk(i, t, "tr") for i, t in enumerate(asr_train)], work / "asr" / "train.jsonl")
+        _write([mk(100_000 + i, t, "te") for i, t in enumerate(test)], work / "asr" / "test.jsonl")
+    if "eou" in parts:
+        build_eou(work, seed, eou_train, test)
 
-    # EOU: 60 % trailing silence, 25 % mid-sentence pause, 15 % two utterances in one clip.
+
+def build_eou(work: Path, seed: int, eou_train: list[str], test: list[str]) -> None:
+    """EOU clips: 55 % one utterance, 30 % one utterance with a mid-sentence pause, 15 % two utterances.
+
+    Half the clips end 0.35-0.5 s after the speech (so <EOU> must come within that), half have 0.6-1.5 s
+    of trailing silence (so nothing more is emitted in a long silence after <EOU>). The pauses
+    (PAUSE, 120-300 ms) carry no <EOU>: the model learns to wait a little longer than a pause.
+    """
+    r = random.Random(seed + 2)
     d = work / "eou" / "wav"
     d.mkdir(parents=True, exist_ok=True)
     jobs, it = [], iter(eou_train)
-    for i in range(n_eou):
+    for i in range(len(eou_train) // 2):
         text, c = next(it), r.random()
-        parts = split_pause(text, r) if 0.6 <= c < 0.85 else None
+        parts = split_pause(text, r) if 0.55 <= c < 0.85 else None
         if parts is None:
             parts = [(r.uniform(0.1, 0.4), text)]
             if c >= 0.85:
                 parts.append((r.uniform(0.8, 1.5), next(it)))
-        jobs.append((parts, r.uniform(0.6, 1.5), seed * 2_000_003 + i, d / f"tr_{i:05d}.wav"))
+        tail = r.uniform(0.35, 0.5) if r.random() < 0.5 else r.uniform(0.6, 1.5)
+        jobs.append((parts, tail, seed * 2_000_003 + i, d / f"tr_{i:05d}.wav"))
     _write(jobs, work / "eou" / "train.jsonl")
     _write([([(0.3, t)], 1.0, seed * 3_000_017 + i, d / f"te_{i:05d}.wav") for i, t in enumerate(test)],
            work / "eou" / "test.jsonl")
     pause_jobs = []
     for i, t in enumerate(test):
         parts = split_pause(t, r)
-        parts = [(0.3, parts[0][1]), (r.uniform(0.25, 0.45), parts[1][1])]
+        parts = [(0.3, parts[0][1]), (r.uniform(0.15, PAUSE[1]), parts[1][1])]
         pause_jobs.append((parts, 1.0, seed * 4_000_037 + i, d / f"tp_{i:05d}.wav"))
     _write(pause_jobs, work / "eou" / "test_pause.jsonl")
 

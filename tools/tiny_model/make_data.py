@@ -58,10 +58,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--assets-only", action="store_true")
+    ap.add_argument("--parts", default="asr,eou", help="which corpora to (re)build: asr,eou")
     a = ap.parse_args()
     make_assets(a.seed)
     if not a.assets_only:
-        build(a.work, a.seed, N_TRAIN, N_TEST, N_EOU)
+        build(a.work, a.seed, N_TRAIN, N_TEST, N_EOU, parts=a.parts.split(","))
 
 
 if __name__ == "__main__":
