@@ -64,7 +64,13 @@ class StreamingAdapter(ABC):
         """Streams holding model state now (for leak checks and metrics)."""
         return 0
 
-    def warmup(self) -> None:
-        """Run the model once so the first real request pays no lazy initialisation."""
-        silence = np.zeros(self.chunk_samples, dtype=np.float32)
-        self.step([StepItem(stream_id=-1, samples=silence, is_first=True, is_last=True)])
+    def warmup(self, samples: Optional[np.ndarray] = None) -> None:
+        """Stream audio (speech if given, else silence) through one stream, so the first
+        real session pays no lazy initialisation."""
+        if samples is None:
+            samples = np.zeros(2 * self.chunk_samples, dtype=np.float32)
+        n = self.chunk_samples
+        chunks = [samples[i : i + n] for i in range(0, len(samples), n)] or [samples]
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            self.step([StepItem(stream_id=-1, samples=chunk, is_first=index == 0, is_last=last)])
