@@ -41,6 +41,15 @@ def tiny_rnnt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_eou(tmp_path_factory) -> Path:
+    """A random-weight end-of-utterance RNNT (EncDecRNNTBPEEOUModel, <EOU>/<EOB> last)."""
+    from services.tiny_model import save_tiny_model
+
+    work = tmp_path_factory.mktemp("tiny_eou")
+    return save_tiny_model(work / "eou.nemo", work, seed=0, eou=True)
+
+
+@pytest.fixture(scope="session")
 def trained_rnnt() -> Path:
     """The project's own small model trained on synthetic speech (tools/tiny_model)."""
     path = ASSETS / "tiny_rnnt.nemo"

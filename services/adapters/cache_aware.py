@@ -205,7 +205,12 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         result = StepOutput()
         if out.final_transcript.strip():
             words = [
-                Word(word=s.text.strip(), start=round(s.start, 3), end=round(s.end, 3), confidence=round(float(s.conf), 4))
+                Word(
+                    word=s.text.strip(),
+                    start=round(min(s.start, now), 3),  # never past the audio heard so far
+                    end=round(min(s.end, now), 3),
+                    confidence=round(float(s.conf), 4),
+                )
                 for s in (out.final_segments or [])
                 if s.text.strip()
             ]

@@ -1,0 +1,48 @@
+"""Nemotron streaming STT for Pipecat: `nvidia/nemotron-speech-streaming-en-0.6b` on a worker.
+
+The worker batches many sessions per GPU step; this service is one session. The pipeline's
+VAD ends utterances: on `VADUserStoppedSpeakingFrame` the service sends `finalize` and the
+worker answers within one model step with the utterance's final, which Pipecat marks
+`finalized=True` (so the turn ends without waiting for a timeout).
+
+    stt = NemotronSTTService(
+        url="wss://you--nvasr-nemotron.modal.run",
+        api_key=os.environ["NVASR_TOKEN"],
+        settings=NemotronSTTService.Settings(boost_phrases=["Pipecat", ("Daily", 2.0)]),
+    )
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ._listen_service import NvasrListenSettings, NvasrListenSTTService
+
+# P99 from speech end to final transcript, seconds: VAD stop → `finalize` → one model step
+# → final. An estimate for a nearby GPU worker; pass your deployment's figure.
+NEMOTRON_TTFS_P99 = 0.35
+
+
+@dataclass
+class NemotronSTTSettings(NvasrListenSettings):
+    """Runtime-updatable settings (store mode defaults: `url` ws://127.0.0.1:8000,
+    `language` en, no boost phrases). See `NvasrListenSettings`."""
+
+
+class NemotronSTTService(NvasrListenSTTService):
+    """Streaming STT on a Nemotron worker (`nvasr serve nemotron` or the Modal deployment)."""
+
+    Settings = NemotronSTTSettings
+    _settings: NemotronSTTSettings
+
+    def __init__(
+        self,
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        settings: Optional[NemotronSTTSettings] = None,
+        ttfs_p99_latency: Optional[float] = NEMOTRON_TTFS_P99,
+        **kwargs,
+    ):
+        super().__init__(url=url, api_key=api_key, settings=settings, ttfs_p99_latency=ttfs_p99_latency, **kwargs)
