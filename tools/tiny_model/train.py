@@ -96,11 +96,11 @@ def carry_weights(model, init_path: Path) -> None:
     model.load_state_dict(dst)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine down to 2 % of peak as `progress` goes 0 -> 1."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def main() -> None:
@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--init", type=Path, help="EOU: start from this RNNT .nemo")
     ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--minutes", type=float, default=0,
+                    help="also stop (and end the cosine) after this many minutes: the CPU is shared, so a "
+                         "time budget keeps training bounded; the card records the steps actually run")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
@@ -148,12 +151,13 @@ def main() -> None:
     order: list = []
     model.train()
     t0, step, hist = time.time(), 0, []
-    while step < a.steps:
+    progress = 0.0
+    while progress < 1.0:
         if not order:
             order = batches(data, a.batch, rng)
         audio, alen, tgt, tlen = collate(data, order.pop())
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
+            g["lr"] = lr_at(step, progress, a.lr, a.warmup)
         enc, enc_len = model.forward(input_signal=audio, input_signal_length=alen)
         dec, _, _ = model.decoder(targets=tgt, target_length=tlen)
         joint = model.joint(encoder_outputs=enc, decoder_outputs=dec)
@@ -170,19 +174,22 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
+        progress = step / a.steps
+        if a.minutes:
+            progress = max(progress, (time.time() - t0) / 60 / a.minutes)
         hist.append((loss_rnnt.item(), loss_ctc.item()))
-        if step % 50 == 0 or step == a.steps:
+        if step % 50 == 0 or progress >= 1.0:
             m = np.mean(hist[-50:], axis=0)
             el = time.time() - t0
             print(f"step {step} rnnt {m[0]:.3f} ctc {m[1]:.3f} lr {opt.param_groups[0]['lr']:.2e} "
                   f"{el / 60:.1f} min {step / el * 60:.0f} steps/min", flush=True)
-        if step % 1000 == 0 and step < a.steps:
-            model.save_to(str(a.out.with_suffix(".ckpt.nemo")))
+        if step % 1000 == 0 and progress < 1.0:
+            model.save_to(str(a.work / f"{a.kind}_ckpt.nemo"))
     minutes = (time.time() - t0) / 60
     model.eval()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
-    info = {"kind": a.kind, "steps": a.steps, "batch": a.batch, "lr": a.lr, "warmup": a.warmup,
+    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup,
             "train_minutes": round(minutes, 1), "utterances": len(data), "hours": round(hours, 2),
             "vocab": tok.vocab_size, "final_rnnt_loss": round(float(np.mean([h[0] for h in hist[-100:]])), 4),
             "seed": a.seed, "size_mb": round(a.out.stat().st_size / 1e6, 2)}

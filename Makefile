@@ -1,0 +1,15 @@
+# `make demo` and `make test` work on a fresh machine: the first run builds .venv.
+PY := .venv/bin/python
+
+.venv/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+.PHONY: demo test bench
+demo: .venv/.installed
+	$(PY) agents/local_pipeline.py
+
+test: .venv/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: .venv/.installed
+	$(PY) benchmarks/streaming.py --json bench-streaming.json

@@ -1,0 +1,165 @@
+"""Streaming throughput: N concurrent streams batched by the engine vs the same streams one
+at a time, on the same model, in the same run.
+
+    python benchmarks/streaming.py --json bench-streaming.json      # N = 1, 8, 32, 64
+    python benchmarks/streaming.py --quick                          # under a minute
+
+Streams are fed faster than real time (all audio appended at once, as a backlog), so the
+figure is the engine's capacity: seconds of audio transcribed per wall-clock second. Host
+overhead per stream-step is measured with a null model (no inference) to show what the
+engine itself costs. Default model: the project's trained tiny model (d_model 128, 4 layers)
+at 160 ms chunks ([70,1]); `--model` takes any .nemo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from services.engine.adapter import StepItem, StepOutput, StreamingAdapter  # noqa: E402
+from services.engine.core import EngineCore  # noqa: E402
+
+
+class NullAdapter(StreamingAdapter):
+    """No model at all: what is left of a step is the engine's own cost."""
+
+    model_name = "null"
+
+    def __init__(self, chunk_samples: int, max_streams: int = 1024):
+        self.chunk_samples = chunk_samples
+        self.max_streams = max_streams
+
+    def step(self, items: list[StepItem]) -> list[StepOutput]:
+        return [StepOutput() for _ in items]
+
+    def release(self, stream_id: int) -> None:
+        pass
+
+
+def speech_audio(seconds: float, seed: int) -> np.ndarray:
+    """Held-out speech clips end to end (a random start per stream), or noise without them."""
+    manifest = ROOT / "tests/assets/heldout/manifest.json"
+    rng = np.random.default_rng(seed)
+    if not manifest.exists():
+        return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+    import soundfile as sf
+
+    clips = [sf.read(manifest.parent / item["audio"], dtype="float32")[0] for item in json.loads(manifest.read_text())]
+    out, total = [], 0
+    while total < seconds * 16000:
+        clip = clips[int(rng.integers(len(clips)))]
+        out.append(clip)
+        total += len(clip)
+    return np.concatenate(out)[: int(seconds * 16000)]
+
+
+async def run_streams(adapter: StreamingAdapter, audios: list[np.ndarray], concurrent: bool, max_batch: int) -> dict:
+    steps: list[tuple[int, float]] = []
+    engine = EngineCore(adapter, max_batch=max_batch, max_buffer_seconds=3600, on_step=lambda b, s: steps.append((b, s)))
+    await engine.start()
+
+    async def one(audio: np.ndarray) -> None:
+        session = engine.open()
+        engine.append(session, audio)
+        engine.close(session)
+        while (await session.outbox.get()).type != "closed":
+            pass
+
+    started = time.perf_counter()
+    if concurrent:
+        await asyncio.gather(*(one(a) for a in audios))
+    else:
+        for audio in audios:
+            await one(audio)
+    wall = time.perf_counter() - started
+    await engine.stop()
+    latencies = sorted(s for _, s in steps)
+    audio_seconds = sum(len(a) for a in audios) / adapter.sample_rate
+    return {
+        "wall_s": wall,
+        "audio_s": audio_seconds,
+        "throughput_x_realtime": audio_seconds / wall,
+        "steps": len(steps),
+        "stream_steps": sum(b for b, _ in steps),
+        "mean_batch": statistics.fmean(b for b, _ in steps) if steps else 0.0,
+        "step_ms_p50": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
+        "step_ms_p95": 1000 * latencies[int(len(latencies) * 0.95)] if latencies else 0.0,
+    }
+
+
+def load_adapter(model: str, chunk_ms: int, max_streams: int) -> StreamingAdapter:
+    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+
+    return CacheAwareRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams)
+
+
+def default_model() -> str:
+    trained = ROOT / "tests/assets/tiny_rnnt.nemo"
+    if trained.exists():
+        return str(trained)
+    from services.tiny_model import save_tiny_model
+
+    work = Path(tempfile.mkdtemp())
+    return str(save_tiny_model(work / "bench.nemo", work, d_model=128, n_layers=4, n_heads=4))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help=".nemo file (default: tests/assets/tiny_rnnt.nemo)")
+    parser.add_argument("--chunk-ms", type=int, default=160)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=8.0, help="audio per stream")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="N = 1, 8, 32 with 2 s each")
+    parser.add_argument("--json", help="write results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.streams, args.seconds = [1, 8, 32], 2.0
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = args.model or default_model()
+    adapter = load_adapter(model, args.chunk_ms, max(args.streams))
+    adapter.warmup()
+    null = NullAdapter(adapter.chunk_samples)
+
+    results = {"model": model, "chunk_ms": args.chunk_ms, "seconds_per_stream": args.seconds,
+               "threads": args.threads, "runs": []}
+    header = f"{'N':>4} {'single x-rt':>11} {'batched x-rt':>12} {'speedup':>8} {'mean batch':>10} " \
+             f"{'step p50 ms':>11} {'step p95 ms':>11} {'host us/stream-step':>19}"
+    print(header)
+    print("-" * len(header))
+    for n in args.streams:
+        audios = [speech_audio(args.seconds, seed=i) for i in range(n)]
+        single = asyncio.run(run_streams(adapter, audios, concurrent=False, max_batch=args.max_batch))
+        batched = asyncio.run(run_streams(adapter, audios, concurrent=True, max_batch=args.max_batch))
+        host = asyncio.run(run_streams(null, audios, concurrent=True, max_batch=args.max_batch))
+        host_us = 1e6 * host["wall_s"] / max(1, host["stream_steps"])
+        speedup = batched["throughput_x_realtime"] / single["throughput_x_realtime"]
+        results["runs"].append({"streams": n, "single": single, "batched": batched, "null_model": host,
+                                "speedup_vs_single": speedup, "host_overhead_us_per_stream_step": host_us})
+        print(f"{n:>4} {single['throughput_x_realtime']:>11.1f} {batched['throughput_x_realtime']:>12.1f} "
+              f"{speedup:>7.2f}x {batched['mean_batch']:>10.1f} {batched['step_ms_p50']:>11.1f} "
+              f"{batched['step_ms_p95']:>11.1f} {host_us:>19.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

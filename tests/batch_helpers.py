@@ -1,0 +1,64 @@
+"""Shared by the Parakeet batch/segmenter/service tests: one model per pytest process.
+
+The model is the project's trained tiny RNNT (real words) when it exists, else a random
+tiny RNNT whose blank logit is raised so it emits a few tokens per utterance rather than
+ten per frame (fast, still exercises decoding). float64, so batched == alone exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+ASSETS = Path(__file__).parent / "assets"
+TRAINED = ASSETS / "tiny_rnnt.nemo"
+
+
+def has_trained_model() -> bool:
+    return TRAINED.exists()
+
+
+@functools.lru_cache(maxsize=None)
+def batch_model(workdir: str):
+    """The OfflineASRModel all Parakeet tests share (loaded once per process)."""
+    import torch
+
+    from services.batch.model import OfflineASRModel
+
+    if has_trained_model():
+        return OfflineASRModel(str(TRAINED), dtype="float64")
+    from services.tiny_model import build_model, train_tokenizer
+
+    model = build_model(train_tokenizer(Path(workdir) / "tok"), seed=3)
+    with torch.no_grad():
+        model.joint.joint_net[-1].bias[model.decoding.blank_id if hasattr(model.decoding, "blank_id") else -1] += 3.0
+    return OfflineASRModel("random-tiny-rnnt", dtype="float64", asr_model=model)
+
+
+@functools.lru_cache(maxsize=None)
+def heldout() -> list[dict]:
+    import soundfile as sf
+
+    items = json.loads((ASSETS / "heldout" / "manifest.json").read_text())
+    for item in items:
+        item["samples"], _ = sf.read(ASSETS / "heldout" / item["audio"], dtype="float32")
+    return items
+
+
+def encode(samples: np.ndarray, rate: int, fmt: str, channels: int = 1) -> bytes:
+    """16 kHz mono float32 → `fmt` (wav/flac/ogg/mp3) bytes at `rate` with `channels`."""
+    import soundfile as sf
+    import soxr
+
+    audio = soxr.resample(samples, 16000, rate) if rate != 16000 else samples
+    if channels == 2:
+        audio = np.stack([audio, audio * 0.9], axis=1)
+    buffer = io.BytesIO()
+    kwargs = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+    container, subtype = kwargs[fmt]
+    sf.write(buffer, audio, rate, format=container, subtype=subtype)
+    return buffer.getvalue()
