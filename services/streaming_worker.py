@@ -59,7 +59,18 @@ def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
     )
 
 
-ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {"nemotron": _cache_aware}
+def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
+    from .adapters.eou import EOUAdapter
+
+    dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
+    chunk_ms = cfg.chunk_ms or DEFAULT_CHUNK_MS["parakeet-realtime"]
+    return EOUAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device, dtype=dtype)
+
+
+ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {
+    "nemotron": _cache_aware,
+    "parakeet-realtime": _eou,
+}
 
 
 def load_adapter(cfg: StreamingConfig) -> StreamingAdapter:
@@ -94,6 +105,7 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         max_buffer_seconds=cfg.max_buffer_seconds,
         on_step=metrics.observe_step,
     )
+    adapter.on_eou = metrics.eou_latency.observe  # adapters whose model ends utterances
 
     async def start() -> None:
         await engine.start()

@@ -33,9 +33,13 @@ def batch_model(workdir: str):
         return OfflineASRModel(str(TRAINED), dtype="float64")
     from services.tiny_model import build_model, train_tokenizer
 
+    from omegaconf import open_dict
+
     model = build_model(train_tokenizer(Path(workdir) / "tok"), seed=3)
     with torch.no_grad():
-        model.joint.joint_net[-1].bias[model.decoding.blank_id if hasattr(model.decoding, "blank_id") else -1] += 3.0
+        model.joint.joint_net[-1].bias[-1] += 0.6  # the last output is RNNT's blank
+    with open_dict(model.cfg):
+        model.cfg.decoding.greedy.max_symbols = 2
     return OfflineASRModel("random-tiny-rnnt", dtype="float64", asr_model=model)
 
 

@@ -147,3 +147,33 @@ def test_session_limits(adapter):
         engine.open()
     with pytest.raises(Overloaded):
         a.append(np.zeros(17000, np.float32))
+
+
+async def test_boost_phrases_apply_to_their_stream_only(adapter):
+    """Per-stream biasing: the boosted stream leans to its phrase, its batch neighbour is untouched."""
+    from pipecat_nvasr.protocol import BoostPhrase
+
+    async def run(boosts):
+        engine = EngineCore(adapter)
+        await engine.start()
+
+        async def one(boost, seed):
+            session = engine.open()
+            session.boost = boost
+            engine.append(session, noise_audio(seed, 1.5))
+            engine.close(session)
+            events = [await asyncio.wait_for(session.outbox.get(), 30)]
+            while not isinstance(events[-1], Closed):
+                events.append(await asyncio.wait_for(session.outbox.get(), 30))
+            return " ".join(e.text for e in events if isinstance(e, Final))
+
+        texts = await asyncio.gather(*(one(b, seed) for seed, b in enumerate(boosts)))
+        await engine.stop()
+        return texts
+
+    boost = [BoostPhrase("pizza", 5.0)]
+    plain_alone = await run([[], []])
+    mixed = await run([[], boost])
+    assert mixed[0] == plain_alone[0]
+    assert mixed[1] != plain_alone[1] and "pizza" in mixed[1]
+    assert adapter.active_streams() == 0

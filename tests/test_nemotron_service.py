@@ -20,6 +20,7 @@ from pipecat.frames.frames import (
     MetricsFrame,
     STTUpdateSettingsFrame,
     TranscriptionFrame,
+    UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -170,3 +171,37 @@ async def test_boost_phrases_reach_the_worker_at_start_and_on_update(worker, hel
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert seen == [[BoostPhrase("lights", 1.0)], [BoostPhrase("coffee", 3.0), BoostPhrase("timer", 1.0)]]
     assert stt.settings.boost_phrases == [("coffee", 3.0), "timer"]
+
+
+async def test_url_change_reconnects_without_losing_the_session_audio(worker, heldout):
+    """A new url (here the same worker spelled http://) drains the old session, opens a new one."""
+    engine = worker.app.state.engine
+    session_ids: list[str] = []
+    done = asyncio.Event()
+
+    async def watch_sessions():
+        while not done.is_set():
+            for session_id in list(engine.sessions):
+                if session_id not in session_ids:
+                    session_ids.append(session_id)
+            await asyncio.sleep(0.01)
+
+    stt = service(worker)
+    update = NemotronSTTService.Settings(url=worker.http)
+    # Pipecat defers a reconnect while the user speaks, until the turn ends (UserStoppedSpeaking).
+    frames = utterance(heldout[0]) + [STTUpdateSettingsFrame(delta=update), UserStoppedSpeakingFrame()]
+    frames += [SleepFrame(sleep=0.5)]
+    frames += utterance(heldout[0])
+
+    watcher = asyncio.create_task(watch_sessions())
+    try:
+        down, up = await run(stt, frames)
+    finally:
+        done.set()
+        await watcher
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(session_ids) == 2
+    assert stt.settings.url == worker.http
+    finals = [f for f in down if isinstance(f, TranscriptionFrame)]
+    if worker.trained:
+        assert len(finals) == 2 and words(finals[0].text) == words(finals[1].text)

@@ -23,12 +23,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def worker_configs(request) -> dict:
     """Worker name → config on a tiny random model (float64: exact comparisons)."""
     rnnt = request.getfixturevalue("tiny_rnnt")
+    eou = request.getfixturevalue("tiny_eou")
     return {
         "nemotron": StreamingConfig(worker="nemotron", model=str(rnnt), dtype="float64", max_sessions=64, token=TOKEN),
+        "parakeet-realtime": StreamingConfig(
+            worker="parakeet-realtime", model=str(eou), dtype="float64", max_sessions=64, token=TOKEN
+        ),
     }
 
 
-@pytest.fixture(scope="module", params=["nemotron"])
+@pytest.fixture(scope="module", params=["nemotron", "parakeet-realtime"])
 def server(request):
     cfg = worker_configs(request)[request.param]
     with LiveServer(create_streaming_app(cfg)) as srv:
@@ -182,11 +186,12 @@ async def test_recoverable_bad_input_keeps_the_session(server, payload, code):
         ("", {"Authorization": "Bearer wrong"}, None, "unauthorized", 1008),
         ("&sample_rate=12345", AUTH, None, "bad_audio", 1003),
         ("&sample_rate=abc", AUTH, None, "bad_audio", 1003),
+        ("&language=de", AUTH, None, "bad_message", 1003),
         ("", AUTH, b"\x00" * (256 * 1024 + 2), "bad_audio", 1009),
     ],
 )
 async def test_fatal_bad_input_closes_with_documented_code(server, query, headers, payload, code, close):
-    async with websockets.connect(listen_url(server.ws) + query, additional_headers=headers, max_size=None) as ws:
+    async with websockets.connect(listen_url(server.ws).replace("&language=en", "") + query, additional_headers=headers, max_size=None) as ws:
         if payload is not None:
             assert json.loads(await ws.recv())["type"] == "ready"
             await ws.send(payload)

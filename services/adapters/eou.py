@@ -77,7 +77,7 @@ class EOUAdapter(CacheAwareRNNTAdapter):
             final.backchannel = True
         else:
             final.end_of_turn = True
-            if self.on_eou is not None:
+            if self.on_eou is not None and item.stream_id >= 0:  # not the warm-up stream
                 now = self._processed[item.stream_id] / self.sample_rate
                 self.on_eou(max(0.0, now - final.end))
         return result

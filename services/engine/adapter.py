@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -47,6 +47,10 @@ class StreamingAdapter(ABC):
     sample_rate: int = 16000
     chunk_samples: int
     max_streams: int
+    languages: tuple[str, ...] = ("en",)  # ISO 639-1 codes the model transcribes
+    # Called with each end-of-utterance latency (seconds of stream time) by adapters whose
+    # model ends utterances itself (parakeet-realtime); the worker points it at /metrics.
+    on_eou: Optional[Callable[[float], None]] = None
 
     @property
     def chunk_ms(self) -> int:

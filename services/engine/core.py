@@ -56,6 +56,10 @@ class EngineCore:
         return self.adapter.sample_rate
 
     @property
+    def languages(self) -> tuple[str, ...]:
+        return self.adapter.languages
+
+    @property
     def chunk_ms(self) -> int:
         return self.adapter.chunk_ms
 

@@ -100,6 +100,15 @@ async def serve_listen(ws: WebSocket, backend: ListenBackend, token: Optional[st
             f"unsupported sample_rate; use one of {list(SUPPORTED_RATES)}", CloseCode.UNSUPPORTED,
         )
         return
+    language = ws.query_params.get("language", "en")
+    languages = getattr(backend, "languages", None)
+    if languages and language.split("-")[0].lower() not in languages:
+        await _send_error(
+            ws, metrics, ErrorCode.BAD_MESSAGE,
+            f"language {language!r} is not supported by {backend.model_name}; use one of {list(languages)}",
+            CloseCode.UNSUPPORTED,
+        )
+        return
     try:
         session = backend.open()
     except Overloaded as exc:

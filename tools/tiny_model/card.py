@@ -62,7 +62,8 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         f"- seed {tr['seed']}; final train RNNT loss {tr['final_rnnt_loss']}",
     ]
     if kind == "eou":
-        lines.append("- initialised from tiny_rnnt.nemo (same BPE pieces; new `<EOU>`/`<EOB>` output rows)")
+        lines.append(f"- initialised from {tr.get('init') or 'tiny_rnnt.nemo'} (same BPE pieces; new `<EOU>`/`<EOB>`"
+                     " output rows), RNNT loss only")
     lines += ["", "## Held-out results", "", "| metric | value | target | |", "|---|---|---|---|"]
     for key, label in [("offline_wer", "offline WER, RNNT greedy (%)"),
                        ("streaming_wer_160ms", "streaming WER, 160 ms chunks, [70,1] (%)"),

@@ -122,6 +122,9 @@ def main() -> None:
     a = ap.parse_args()
 
     torch.set_num_threads(2)
+    # Adam's second moments drift into subnormal floats on CPU, which made steps ~10x slower after a
+    # few hundred steps; flushing subnormals to zero costs nothing measurable in accuracy.
+    torch.set_flush_denormal(True)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
     np.random.seed(a.seed)

@@ -1,0 +1,153 @@
+"""The Parakeet batch worker: dynamic batching, audio formats, the OpenAI-compatible API.
+
+Real uvicorn server, real HTTP clients (httpx, the `openai` package), real NeMo model
+(tiny, float64 so a batched row equals the same utterance alone, token for token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from services.batch.batcher import plan_batches
+from services.batch_worker import BatchConfig, create_batch_app
+from tests.batch_helpers import batch_model, encode, has_trained_model, heldout
+from tests.conftest import TOKEN, LiveServer
+
+MAX_BATCH = 16
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+needs_trained = pytest.mark.skipif(not has_trained_model(), reason="tests/assets/tiny_rnnt.nemo not trained yet")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return batch_model(str(tmp_path_factory.mktemp("batch-model")))
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    cfg = BatchConfig(token=TOKEN, max_batch=MAX_BATCH, max_wait_ms=30, max_upload_bytes=2_000_000, warmup=False)
+    app = create_batch_app(cfg, model=model)
+    with LiveServer(app) as live:
+        live.app = app
+        yield live
+
+
+def clips(n: int) -> list[np.ndarray]:
+    """n different utterances: held-out speech cut to different lengths (0.6–2.4 s)."""
+    items = heldout()
+    out = []
+    for i in range(n):
+        samples = items[i % len(items)]["samples"]
+        length = min(len(samples), int(16000 * (0.6 + 1.8 * ((i * 7) % n) / n)))
+        out.append(samples[:length])
+    return out
+
+
+def test_plan_batches_groups_by_length_and_respects_limits():
+    lengths = [5, 100, 7, 98, 6, 99, 50]
+    batches = plan_batches(lengths, max_batch=3, max_padded=10_000)
+    assert batches == [[0, 4, 2], [6, 3, 5], [1]]
+    assert plan_batches([10, 10, 10], max_batch=8, max_padded=25) == [[0, 1], [2]]
+
+
+def test_batched_rows_equal_each_utterance_alone(model):
+    audios = clips(12)
+    batched = model.transcribe(audios)
+    alone = [model.transcribe([a])[0] for a in audios]
+    assert [b.tokens for b in batched] == [a.tokens for a in alone]
+    assert any(a.tokens for a in alone), "the model emitted nothing: the comparison would be empty"
+
+
+async def test_200_concurrent_requests_equal_alone_and_corrupt_file_fails_alone(server, model):
+    distinct = clips(40)
+    reference = [model.transcribe([a])[0].text for a in distinct]
+    batcher = server.app.state.batcher
+    batcher.batch_sizes.clear()
+    wavs = [encode(a, 16000, "wav") for a in distinct]
+
+    async with httpx.AsyncClient(base_url=server.http, headers=AUTH, timeout=300) as client:
+
+        async def send(body: bytes, name: str = "a.wav"):
+            files = {"file": (name, body, "audio/wav")}
+            return await client.post("/v1/audio/transcriptions", files=files, data={"model": "parakeet"})
+
+        requests = [send(wavs[i % 40]) for i in range(200)]
+        requests.insert(77, send(b"RIFF\x00\x00garbage, not audio at all" * 10, "bad.wav"))
+        responses = await asyncio.gather(*requests)
+
+    bad = responses.pop(77)
+    assert bad.status_code == 415, bad.text
+    assert "audio" in bad.json()["error"]["message"]
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:3]
+    assert [r.json()["text"] for r in responses] == [reference[i % 40] for i in range(200)]
+    assert max(batcher.batch_sizes) <= MAX_BATCH
+    assert sum(batcher.batch_sizes) == 200
+    assert max(batcher.batch_sizes) > 1, "concurrent requests were never batched"
+
+
+@needs_trained
+@pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
+def test_formats_rates_and_channels_give_the_same_text(server, fmt):
+    item = heldout()[2]
+    with httpx.Client(base_url=server.http, headers=AUTH, timeout=120) as client:
+        for rate in (8000, 16000, 44100, 48000):
+            for channels in (1, 2):
+                body = encode(item["samples"], rate, fmt, channels)
+                r = client.post("/v1/audio/transcriptions", files={"file": (f"x.{fmt}", body)})
+                assert r.status_code == 200, r.text
+                assert r.json()["text"] == item["text"], (fmt, rate, channels)
+
+
+def test_openai_client_gets_the_transcript(server, model):
+    import openai
+
+    item = heldout()[0]
+    expected = model.transcribe([item["samples"]])[0]
+    client = openai.OpenAI(base_url=server.http + "/v1", api_key=TOKEN, max_retries=0)
+    wav = encode(item["samples"], 16000, "wav")
+
+    result = client.audio.transcriptions.create(model="parakeet", file=("speech.wav", wav))
+    assert result.text == expected.text
+    if has_trained_model():
+        assert result.text == item["text"]
+
+    verbose = client.audio.transcriptions.create(
+        model="parakeet", file=("speech.wav", wav), response_format="verbose_json",
+        timestamp_granularities=["word", "segment"], language="en",
+    )
+    assert verbose.text == expected.text and verbose.language == "english"
+    assert abs(verbose.duration - len(item["samples"]) / 16000) < 0.01
+    assert [w.word for w in verbose.words] == [w.word for w in expected.words]
+    assert all(0 <= w.start <= w.end <= verbose.duration + 0.1 for w in verbose.words)
+
+    srt = client.audio.transcriptions.create(model="parakeet", file=("speech.wav", wav), response_format="srt")
+    vtt = client.audio.transcriptions.create(model="parakeet", file=("speech.wav", wav), response_format="vtt")
+    text = client.audio.transcriptions.create(model="parakeet", file=("speech.wav", wav), response_format="text")
+    assert text.strip() == expected.text
+    if expected.text:
+        assert srt.startswith("1\n00:00:") and " --> " in srt and expected.segments[0].text in srt
+        assert vtt.startswith("WEBVTT\n\n00:00:") and expected.segments[0].text in vtt
+
+
+def test_bad_requests_get_clear_4xx(server):
+    wav = encode(heldout()[0]["samples"], 16000, "wav")
+    with httpx.Client(base_url=server.http, timeout=60) as client:
+        assert client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}).status_code == 401
+        client.headers.update(AUTH)
+        empty = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"")})
+        assert empty.status_code == 400 and "empty" in empty.json()["error"]["message"]
+        big = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"\0" * 2_100_000)})
+        assert big.status_code == 413
+        fmt = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data={"response_format": "xml"})
+        assert fmt.status_code == 400 and "response_format" in fmt.json()["error"]["message"]
+        ok = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)})
+        assert ok.status_code == 200
+        health = client.get("/health").json()
+        assert health["worker"] == "parakeet" and health["max_batch"] == MAX_BATCH
+        metrics = client.get("/metrics").text
+        assert 'nvasr_transcription_requests_total{status="415"}' in metrics
+        assert "nvasr_batch_size_bucket" in metrics
