@@ -15,18 +15,20 @@ with `Authorization: Bearer $NVASR_TOKEN`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import modal
 
 APP_NAME = os.environ.get("NVASR_APP_NAME", "pipecat-nvasr")
 GPU = os.environ.get("NVASR_GPU", "H100")
+DEVICE = os.environ.get("NVASR_DEVICE", "cuda")  # "cpu" runs a class locally (tests)
 CACHE_DIR = "/cache"
 NEMOTRON_MODEL = os.environ.get("NVASR_NEMOTRON_MODEL", "nvidia/nemotron-speech-streaming-en-0.6b")
 NEMOTRON_CHUNK_MS = int(os.environ.get("NVASR_NEMOTRON_CHUNK_MS", "160"))
 # sessions per container: Modal routes each WebSocket as one input
 NEMOTRON_SESSIONS = int(os.environ.get("NVASR_NEMOTRON_SESSIONS", "400"))
 SESSION_TIMEOUT_S = 2 * 60 * 60  # the longest call a container serves
-WARMUP_AUDIO = "/root/assets/demo.wav"
+WARMUP_AUDIO = "/root/assets/demo.wav" if not modal.is_local() else str(Path(__file__).parent / "tests/assets/demo.wav")
 
 app = modal.App(APP_NAME)
 weights = modal.Volume.from_name("nvasr-weights", create_if_missing=True)
@@ -61,7 +63,7 @@ image = (
     )
     .env({"HF_HOME": f"{CACHE_DIR}/hf", "HF_HUB_ENABLE_HF_TRANSFER": "1", "TOKENIZERS_PARALLELISM": "false"})
     .run_function(download_weights, args=([NEMOTRON_MODEL],), volumes={CACHE_DIR: weights})
-    .add_local_file("tests/assets/demo.wav", WARMUP_AUDIO)
+    .add_local_file(Path(__file__).parent / "tests/assets/demo.wav", "/root/assets/demo.wav")
     .add_local_python_source("services", "pipecat_nvasr")
 )
 
@@ -89,7 +91,7 @@ class Nemotron:
     config = dict(
         worker="nemotron",
         model=NEMOTRON_MODEL,
-        device="cuda",
+        device=DEVICE,
         chunk_ms=NEMOTRON_CHUNK_MS,
         max_sessions=NEMOTRON_SESSIONS,
         max_batch=256,

@@ -7,6 +7,8 @@ never pulls in Pipecat. No torch, no NeMo anywhere in this package.
 _LAZY = {
     "NemotronSTTService": "nemotron",
     "NemotronSTTSettings": "nemotron",
+    "ParakeetRealtimeSTTService": "parakeet_realtime",
+    "ParakeetRealtimeSTTSettings": "parakeet_realtime",
     "NvasrListenSTTService": "_listen_service",
     "NvasrListenSettings": "_listen_service",
     "ListenClient": "client",

@@ -14,8 +14,8 @@ import pytest
 
 from services.batch.batcher import plan_batches
 from services.batch_worker import BatchConfig, create_batch_app
-from tests.batch_helpers import batch_model, encode, has_trained_model, heldout
-from tests.conftest import TOKEN, LiveServer
+from batch_helpers import batch_model, encode, has_trained_model, heldout
+from conftest import TOKEN, LiveServer
 
 MAX_BATCH = 16
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
