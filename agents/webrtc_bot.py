@@ -1,6 +1,6 @@
 """A listening bot over SmallWebRTC: speak in the browser, read your words back.
 
-    NVASR_URL=wss://you--nvasr-nemotron.modal.run NVASR_TOKEN=... python agents/webrtc_bot.py
+    NVASR_URL=wss://<workspace>--pipecat-nvasr-nemotron-web.modal.run NVASR_TOKEN=... python agents/webrtc_bot.py
     # open http://localhost:7860/client and talk
 
 Pipecat's development runner serves the prebuilt WebRTC page; transcripts print here and

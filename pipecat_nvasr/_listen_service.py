@@ -19,7 +19,6 @@ from websockets.protocol import State
 
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
-    CancelFrame,
     EndFrame,
     Frame,
     InterimTranscriptionFrame,
@@ -181,9 +180,6 @@ class NvasrListenSTTService(WebsocketSTTService):
     async def stop(self, frame: EndFrame):
         await self._drain()  # every final reaches the pipeline before EndFrame does
         await super().stop(frame)
-
-    async def cancel(self, frame: CancelFrame):
-        await super().cancel(frame)
 
     async def _do_reconnect(self):
         await self._drain()  # a settings change must not drop the audio already sent

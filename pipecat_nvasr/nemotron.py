@@ -6,7 +6,7 @@ worker answers within one model step with the utterance's final, which Pipecat m
 `finalized=True` (so the turn ends without waiting for a timeout).
 
     stt = NemotronSTTService(
-        url="wss://you--nvasr-nemotron.modal.run",
+        url="wss://<workspace>--pipecat-nvasr-nemotron-web.modal.run",
         api_key=os.environ["NVASR_TOKEN"],
         settings=NemotronSTTService.Settings(boost_phrases=["Pipecat", ("Daily", 2.0)]),
     )

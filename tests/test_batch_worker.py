@@ -149,5 +149,5 @@ def test_bad_requests_get_clear_4xx(server):
         health = client.get("/health").json()
         assert health["worker"] == "parakeet" and health["max_batch"] == MAX_BATCH
         metrics = client.get("/metrics").text
-        assert 'nvasr_transcription_requests_total{status="415"}' in metrics
+        assert 'nvasr_transcription_requests_total{status="413"}' in metrics
         assert "nvasr_batch_size_bucket" in metrics

@@ -150,30 +150,39 @@ def test_session_limits(adapter):
 
 
 async def test_boost_phrases_apply_to_their_stream_only(adapter):
-    """Per-stream biasing: the boosted stream leans to its phrase, its batch neighbour is untouched."""
+    """Per-stream biasing, set at the start or changed mid-stream (`configure`): the boosted
+    stream leans to its phrase, its batch neighbour is untouched."""
     from pipecat_nvasr.protocol import BoostPhrase
 
-    async def run(boosts):
+    boost = [BoostPhrase("pizza", 5.0)]
+
+    async def run(plans):
         engine = EngineCore(adapter)
         await engine.start()
 
-        async def one(boost, seed):
+        async def one(plan, seed):
             session = engine.open()
-            session.boost = boost
-            engine.append(session, noise_audio(seed, 1.5))
+            audio = noise_audio(seed, 1.5)
+            if plan == "start":
+                session.boost = boost
+            engine.append(session, audio[:8000])
+            await asyncio.sleep(0.3)  # the first chunks are transcribed without a boost
+            if plan == "later":
+                session.boost = boost
+            engine.append(session, audio[8000:])
             engine.close(session)
             events = [await asyncio.wait_for(session.outbox.get(), 30)]
             while not isinstance(events[-1], Closed):
                 events.append(await asyncio.wait_for(session.outbox.get(), 30))
             return " ".join(e.text for e in events if isinstance(e, Final))
 
-        texts = await asyncio.gather(*(one(b, seed) for seed, b in enumerate(boosts)))
+        texts = await asyncio.gather(*(one(plan, seed) for seed, plan in enumerate(plans)))
         await engine.stop()
         return texts
 
-    boost = [BoostPhrase("pizza", 5.0)]
-    plain_alone = await run([[], []])
-    mixed = await run([[], boost])
-    assert mixed[0] == plain_alone[0]
-    assert mixed[1] != plain_alone[1] and "pizza" in mixed[1]
+    plain = await run(["none", "none", "none"])
+    mixed = await run(["none", "start", "later"])
+    assert mixed[0] == plain[0]
+    assert mixed[1] != plain[1] and "pizza" in mixed[1]
+    assert mixed[2] != plain[2] and "pizza" in mixed[2]
     assert adapter.active_streams() == 0

@@ -205,3 +205,34 @@ async def test_url_change_reconnects_without_losing_the_session_audio(worker, he
     finals = [f for f in down if isinstance(f, TranscriptionFrame)]
     if worker.trained:
         assert len(finals) == 2 and words(finals[0].text) == words(finals[1].text)
+
+
+async def test_overloaded_worker_is_retried_until_a_slot_frees(worker, heldout):
+    """`overloaded` is retryable: the service stays usable and reconnects with backoff."""
+    from pipecat_nvasr.client import ListenClient
+
+    engine = worker.app.state.engine
+    holders = []
+    while len(engine.sessions) < engine.max_sessions:
+        holder = ListenClient(worker.ws, token=TOKEN)
+        await holder.__aenter__()
+        holders.append(holder)
+
+    stt = service(worker, reconnect_backoff_min_wait=0.3, reconnect_backoff_max_wait=0.5)
+    errors = []
+
+    @stt.event_handler("on_error")
+    async def on_error(_stt, error):
+        errors.append(error)
+        if len(errors) == 1:  # free one slot for the next attempt
+            await holders.pop().__aexit__(None, None, None)
+
+    try:
+        down, _ = await run(stt, [SleepFrame(sleep=1.5)] + utterance(heldout[0]))
+    finally:
+        for holder in holders:
+            await holder.__aexit__(None, None, None)
+    assert errors and errors[0].category is ErrorCategory.RATE_LIMIT
+    assert "overloaded" in errors[0].error
+    assert stt.is_usable
+    assert [f for f in down if isinstance(f, (InterimTranscriptionFrame, TranscriptionFrame))]

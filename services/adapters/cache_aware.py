@@ -140,9 +140,11 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
                     is_first=item.is_first,
                     is_last=item.is_last,
                     length=len(item.samples),
-                    options=self._options(item.boost) if item.is_first else None,
+                    options=self._options(item.boost or []) if item.is_first else None,
                 )
             )
+            if not item.is_first and item.boost is not None:
+                self._change_boost(item.stream_id, item.boost)
         outputs = self.pipeline.transcribe_step(frames)
         results = [self._convert(item, out) for item, out in zip(items, outputs)]
         for item in items:
@@ -188,6 +190,18 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         return ASRRequestOptions(
             biasing_cfg=BiasingRequestItemConfig(boosting_model_cfg=tree, boosting_model_alpha=alpha)
         )
+
+    def _change_boost(self, stream_id: int, boost: list[BoostPhrase]) -> None:
+        """New key phrases mid-stream: swap the stream's biasing model before its next step."""
+        state = self.pipeline.get_state(stream_id)
+        if state is None:
+            return
+        if state.has_biasing_request():
+            self._drop_biasing(state)
+        state.options.biasing_cfg = self._options(boost).biasing_cfg
+        previous = state.get_previous_hypothesis()
+        if previous is not None and state.options.biasing_cfg is None:
+            previous.biasing_cfg = None
 
     def _drop_biasing(self, state) -> None:
         cfg = state.options.biasing_cfg

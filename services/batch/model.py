@@ -131,6 +131,10 @@ class OfflineASRModel:
             )
         return [self._to_transcript(h, d) for h, d in zip(hyps, durations)]
 
+    def _seconds(self, offset: float, duration: float) -> float:
+        """Encoder frame offset → seconds, clamped to the audio (the last frame runs past its end)."""
+        return round(min(offset * self._frame_seconds, duration), 3)
+
     def _to_transcript(self, hyp, duration: float) -> Transcript:
         stamps = hyp.timestamp if isinstance(hyp.timestamp, dict) else {}
         confidences = list(hyp.word_confidence or [])
@@ -140,16 +144,16 @@ class OfflineASRModel:
             words.append(
                 WordTiming(
                     word=w["word"],
-                    start=round(w["start_offset"] * self._frame_seconds, 3),
-                    end=round(w["end_offset"] * self._frame_seconds, 3),
+                    start=self._seconds(w["start_offset"], duration),
+                    end=self._seconds(w["end_offset"], duration),
                     confidence=round(conf, 4),
                 )
             )
         segments = [
             Segment(
                 text=s["segment"],
-                start=round(s["start_offset"] * self._frame_seconds, 3),
-                end=round(s["end_offset"] * self._frame_seconds, 3),
+                start=self._seconds(s["start_offset"], duration),
+                end=self._seconds(s["end_offset"], duration),
             )
             for s in stamps.get("segment", [])
         ]

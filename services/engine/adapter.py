@@ -23,15 +23,15 @@ class StepItem:
     """One stream's input for one batched step.
 
     `samples` is float32 in [-1, 1]; it holds exactly `chunk_samples` unless `is_last`
-    (the last chunk of a stream may be shorter, even empty). `boost` is set on the first
-    item of a stream (its key phrases for this utterance).
+    (the last chunk of a stream may be shorter, even empty). `boost` is the stream's key
+    phrases, given on its first item and whenever the client changes them (None: unchanged).
     """
 
     stream_id: int
     samples: np.ndarray
     is_first: bool
     is_last: bool
-    boost: list[BoostPhrase] = field(default_factory=list)
+    boost: Optional[list[BoostPhrase]] = None
 
 
 @dataclass

@@ -34,7 +34,8 @@ class Session:
         self.sample_rate = sample_rate
         self.max_buffer_samples = max_buffer_samples
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
-        self.boost: list[BoostPhrase] = []
+        self._boost: list[BoostPhrase] = []
+        self._boost_changed = False
         self.last_step = -1  # engine step that last served this session: oldest first
         self.audio_seconds = 0.0
 
@@ -49,9 +50,18 @@ class Session:
         self.stream_id: Optional[int] = None  # the adapter stream now open, if any
         self._stream_start = 0  # session sample where that stream began
         self._last_partial = ""
-        self._stream_boost: list[BoostPhrase] = []
 
     # ------------------------------------------------------------------ client side
+
+    @property
+    def boost(self) -> list[BoostPhrase]:
+        return self._boost
+
+    @boost.setter
+    def boost(self, phrases: list[BoostPhrase]) -> None:
+        """Key phrases; they reach the model with this session's next chunk."""
+        self._boost = list(phrases)
+        self._boost_changed = True
 
     def append(self, samples: np.ndarray) -> None:
         if self._closing:
@@ -98,7 +108,8 @@ class Session:
         if is_first:
             self.stream_id = next(_stream_ids)
             self._stream_start = self._consumed
-            self._stream_boost = list(self.boost)
+        boost = list(self._boost) if is_first or self._boost_changed else None
+        self._boost_changed = False
         self._consumed += take
         self.audio_seconds += take / self.sample_rate
         return StepItem(
@@ -106,7 +117,7 @@ class Session:
             samples=samples,
             is_first=is_first,
             is_last=is_last,
-            boost=self._stream_boost if is_first else [],
+            boost=boost,
         )
 
     def _take(self, n: int) -> np.ndarray:

@@ -119,9 +119,10 @@ def main() -> None:
     ap.add_argument("--ctc-weight", type=float, default=0.5)
     ap.add_argument("--vocab", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     # Adam's second moments drift into subnormal floats on CPU, which made steps ~10x slower after a
     # few hundred steps; flushing subnormals to zero costs nothing measurable in accuracy.
     torch.set_flush_denormal(True)
