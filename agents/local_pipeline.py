@@ -62,7 +62,11 @@ class LocalWorker:
             os.environ["HF_HUB_OFFLINE"] = "1"  # fail the download at once, then fall back
         fallback = str(FALLBACK_MODEL) if FALLBACK_MODEL.exists() else None
         print(f"loading {model} ...", flush=True)
-        app = create_streaming_app(StreamingConfig(model=model, fallback_model=fallback, token=token))
+        try:
+            app = create_streaming_app(StreamingConfig(model=model, fallback_model=fallback, token=token))
+        except Exception as exc:
+            missing = "" if fallback else f"; the bundled fallback {FALLBACK_MODEL} is missing too"
+            sys.exit(f"could not load {model}: {type(exc).__name__}: {str(exc)[:300]}{missing}")
         self.model = app.state.engine.model_name
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
         self.server = uvicorn.Server(config)

@@ -120,7 +120,15 @@ async def test_finalize_with_nothing_said_answers_an_empty_final(adapter):
     session = engine.open()
     engine.finalize(session)
     final = await asyncio.wait_for(session.outbox.get(), 10)
-    assert isinstance(final, Final) and final.from_finalize and final.text == ""
+    assert isinstance(final, Final) and final.from_finalize and final.text == "" and final.end == 0.0
+    engine.append(session, noise_audio(1, 0.5))
+    engine.finalize(session)
+    while not (final := await asyncio.wait_for(session.outbox.get(), 10)).__class__ is Final:
+        pass
+    assert final.from_finalize and final.end <= 0.5
+    engine.finalize(session)  # again nothing new: an empty final at the same stream time
+    final = await asyncio.wait_for(session.outbox.get(), 10)
+    assert final.from_finalize and final.text == "" and final.start == 0.5
     engine.close(session)
     assert isinstance(await asyncio.wait_for(session.outbox.get(), 10), Closed)
     await engine.stop()

@@ -143,12 +143,13 @@ class Session:
         from_finalize = ended and self._flushes[0][1]
         finals = list(output.finals) if output else []
         if ended and not any(f.text for f in finals) and from_finalize:
-            now = self._consumed / self.sample_rate
+            now = self._consumed / self.sample_rate - offset  # stream-relative, like adapter output
             finals.append(Final(text="", start=now, end=now))
-        for final in finals:
-            if not final.text and not (ended and from_finalize):
+        for index, final in enumerate(finals):
+            answers_finalize = from_finalize and index == len(finals) - 1
+            if not final.text and not answers_finalize:
                 continue
-            self.outbox.put_nowait(_shift(final, offset, from_finalize=ended and from_finalize))
+            self.outbox.put_nowait(_shift(final, offset, from_finalize=answers_finalize))
             self._last_partial = ""
         if output and output.partial and not ended:
             partial = output.partial

@@ -1,0 +1,125 @@
+"""The VAD segmenter: real speech (espeak-ng utterances with ~1.2 s pauses, tests/assets/eou)
+through a real segmenter server (Pipecat's Silero VAD per session) to a real batch worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from batch_helpers import ASSETS, batch_model, has_trained_model
+from conftest import TOKEN, LiveServer, to_pcm16
+from pipecat_nvasr.client import ListenClient, stream_pcm
+from pipecat_nvasr.protocol import Closed, Error, Final
+from services.batch_worker import BatchConfig, create_batch_app
+from services.segmenter import SegmenterConfig, create_segmenter_app
+
+
+@pytest.fixture(scope="module")
+def eou_clips() -> list[dict]:
+    import soundfile as sf
+
+    items = json.loads((ASSETS / "eou" / "manifest.json").read_text())
+    for item in items:
+        item["samples"], rate = sf.read(ASSETS / "eou" / item["audio"], dtype="float32")
+        assert rate == 16000
+    return items
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    model = batch_model(str(tmp_path_factory.mktemp("batch-model")))
+    batch_app = create_batch_app(BatchConfig(token=TOKEN, max_batch=32, warmup=False), model=model)
+    with LiveServer(batch_app) as batch:
+        cfg = SegmenterConfig(batch_url=batch.http, batch_token=TOKEN, token=TOKEN)
+        with LiveServer(create_segmenter_app(cfg)) as segmenter:
+            segmenter.batch = batch
+            yield segmenter
+
+
+async def run_session(url: str, samples: np.ndarray, finalize_at: float | None = None) -> list:
+    """Stream `samples` (fast), optionally `finalize` part-way, then close; every event until `closed`."""
+    pcm = to_pcm16(samples)
+    async with ListenClient(url, token=TOKEN) as client:
+        if finalize_at is not None:
+            cut = int(finalize_at * 16000) * 2
+            await stream_pcm_no_close(client, pcm[:cut])
+            await client.finalize()
+            pcm = pcm[cut:]
+        sender = asyncio.create_task(stream_pcm(client, pcm, realtime=False))
+        events = [event async for event in client.events()]
+        await sender
+    return events
+
+
+async def stream_pcm_no_close(client: ListenClient, pcm: bytes, frame: int = 640) -> None:
+    for start in range(0, len(pcm), frame):
+        await client.send_audio(pcm[start : start + frame])
+
+
+def finals(events: list) -> list[Final]:
+    assert not [e for e in events if isinstance(e, Error)], events
+    assert isinstance(events[-1], Closed), events[-1:]
+    return [e for e in events if isinstance(e, Final)]
+
+
+async def test_one_final_per_utterance_in_order_with_stream_times(servers, eou_clips):
+    for clip in eou_clips[:3]:
+        got = finals(await run_session(servers.ws, clip["samples"]))
+        truth = clip["utterances"]
+        assert len(got) == len(truth), [(f.start, f.end, f.text) for f in got]
+        for final, utt in zip(got, truth):
+            assert final.start <= utt["speech_start"] + 0.05 and final.end >= utt["speech_end"] - 0.05
+            assert final.end - final.start < (utt["speech_end"] - utt["speech_start"]) + 1.5
+            assert all(final.start <= w.start <= w.end <= final.end for w in final.words)
+            if has_trained_model():
+                assert final.text == utt["text"]
+        assert all(a.end <= b.start for a, b in zip(got, got[1:]))
+
+
+async def test_close_mid_utterance_still_transcribes_it(servers, eou_clips):
+    clip = eou_clips[0]
+    first = clip["utterances"][0]
+    middle = (first["speech_start"] + first["speech_end"]) / 2 + 0.3
+    got = finals(await run_session(servers.ws, clip["samples"][: int(middle * 16000)]))
+    assert len(got) == 1 and got[0].text and not got[0].from_finalize
+    assert got[0].start <= first["speech_start"] + 0.05
+    assert got[0].end == pytest.approx(middle, abs=0.01)
+
+
+async def test_finalize_flushes_the_utterance_then_the_stream_goes_on(servers, eou_clips):
+    clip = eou_clips[1]
+    first, second = clip["utterances"][:2]
+    events = await run_session(servers.ws, clip["samples"], finalize_at=first["speech_end"] + 0.1)
+    got = finals(events)
+    flushed = [f for f in got if f.from_finalize]
+    assert len(flushed) == 1 and flushed[0].text and flushed[0].end == pytest.approx(first["speech_end"] + 0.1, abs=0.01)
+    assert got[0] is flushed[0]
+    later = [f for f in got[1:] if f.text]
+    assert len(later) == len(clip["utterances"]) - 1
+    assert later[0].start <= second["speech_start"] + 0.05
+
+
+async def test_finalize_in_silence_answers_one_empty_final(servers):
+    silence = np.zeros(16000, dtype=np.float32)
+    got = finals(await run_session(servers.ws, silence, finalize_at=0.5))
+    assert [(f.text, f.from_finalize) for f in got] == [("", True)]
+
+
+async def test_20_concurrent_sessions_do_not_mix(servers, eou_clips):
+    def audio(i: int) -> np.ndarray:  # 20 distinct streams: a clip after i × 96 ms of silence
+        return np.concatenate([np.zeros(1536 * i, dtype=np.float32), eou_clips[i % len(eou_clips)]["samples"]])
+
+    alone = {}
+    for i in range(len(eou_clips)):
+        alone[i] = finals(await run_session(servers.ws, audio(i)))
+    together = await asyncio.gather(*(run_session(servers.ws, audio(i)) for i in range(20)))
+    for i, events in enumerate(together):
+        got = finals(events)
+        reference = alone[i % len(eou_clips)]
+        shift = 1536 * (i - i % len(eou_clips)) / 16000
+        assert [f.text for f in got] == [f.text for f in reference], i
+        assert [round(f.start - shift, 2) for f in got] == [round(f.start, 2) for f in reference], i
