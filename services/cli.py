@@ -99,6 +99,13 @@ async def _stream(args) -> int:
     return status
 
 
+def _run_stream(args) -> None:
+    try:
+        sys.exit(asyncio.run(_stream(args)))
+    except (ConnectionError, OSError) as exc:
+        sys.exit(f"nvasr stream: {exc}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nvasr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--token")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible, not in real time")
     stream.add_argument("--quiet", action="store_true", help="finals only")
-    stream.set_defaults(run=lambda a: sys.exit(asyncio.run(_stream(a))))
+    stream.set_defaults(run=_run_stream)
     return parser
 
 

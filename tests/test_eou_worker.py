@@ -37,8 +37,8 @@ def save_chatty_eou_model(path, workdir):
     with torch.no_grad():
         out.weight *= 6  # random logits are nearly flat; make them depend on the audio
         out.bias[-1] += 1.0  # blank
-        out.bias[-3] += 1.5  # <EOU>
-        out.bias[-2] += 1.0  # <EOB>
+        out.bias[-3] += 2.0  # <EOU>
+        out.bias[-2] += 1.5  # <EOB>
     model.save_to(str(path))
     return path
 

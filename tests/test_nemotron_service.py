@@ -236,3 +236,26 @@ async def test_overloaded_worker_is_retried_until_a_slot_frees(worker, heldout):
     assert "overloaded" in errors[0].error
     assert stt.is_usable
     assert [f for f in down if isinstance(f, (InterimTranscriptionFrame, TranscriptionFrame))]
+
+
+@pytest.mark.parametrize("rate", [48000, 11025])
+async def test_other_pipeline_rates(worker, heldout, rate):
+    """48 kHz is declared to the worker (it resamples); 11.025 kHz, which the worker does not
+    take, is resampled to 16 kHz by the service."""
+    import soxr
+
+    item = dict(heldout[0])
+    item["samples"] = soxr.resample(item["samples"], 16000, rate).astype(np.float32)
+    end = int((item["speech_end"] + 0.15) * rate)
+    frames = [VADUserStartedSpeakingFrame(start_secs=0.2)] + audio_frames(item["samples"][:end], rate)
+    frames += [VADUserStoppedSpeakingFrame(stop_secs=0.2), SleepFrame(sleep=0.5)]
+    stt = service(worker)
+    down, up = await run(stt, frames, pipeline_params=PipelineParams(audio_in_sample_rate=rate))
+
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert stt._wire_rate == (rate if rate == 48000 else 16000)
+    finals = [f for f in down if isinstance(f, TranscriptionFrame)]
+    assert finals or not worker.trained
+    if worker.trained:
+        assert finals[-1].finalized
+        assert word_accuracy(words(item["text"]), [w for f in finals for w in words(f.text)]) >= 0.8

@@ -109,7 +109,9 @@ class SegmenterSession:
                     window = audio[at : at + WINDOW]
                     pcm = (np.clip(window, -1, 1) * 32767).astype("<i2").tobytes()
                     state = await self.vad.analyze_audio(pcm)
-                    speech = state in (VADState.SPEAKING, VADState.STOPPING)
+                    # Only confirmed speech opens an utterance: after a `finalize`, the VAD's
+                    # stop silence (STOPPING) must not open one of its own.
+                    speech = state == VADState.SPEAKING
                     done = self._cutter.push(window, speech=speech, quiet=state == VADState.QUIET)
                     if done is not None:
                         self._submit(transcribe, done, from_finalize=False)
