@@ -28,6 +28,14 @@ NEMOTRON_CHUNK_MS = int(os.environ.get("NVASR_NEMOTRON_CHUNK_MS", "160"))
 # sessions per container: Modal routes each WebSocket as one input
 NEMOTRON_SESSIONS = int(os.environ.get("NVASR_NEMOTRON_SESSIONS", "400"))
 SESSION_TIMEOUT_S = 2 * 60 * 60  # the longest call a container serves
+REALTIME_MODEL = os.environ.get("NVASR_REALTIME_MODEL", "nvidia/parakeet_realtime_eou_120m-v1")
+REALTIME_GPU = os.environ.get("NVASR_REALTIME_GPU", "L4")  # 120M parameters: a small GPU is plenty
+REALTIME_CHUNK_MS = int(os.environ.get("NVASR_REALTIME_CHUNK_MS", "160"))  # 80 or 160
+REALTIME_SESSIONS = int(os.environ.get("NVASR_REALTIME_SESSIONS", "400"))
+PARAKEET_MODEL = os.environ.get("NVASR_PARAKEET_MODEL", "nvidia/parakeet-tdt-0.6b-v3")
+PARAKEET_MAX_BATCH = int(os.environ.get("NVASR_PARAKEET_MAX_BATCH", "128"))
+PARAKEET_INPUTS = int(os.environ.get("NVASR_PARAKEET_INPUTS", "512"))  # requests in flight per GPU container
+SEGMENTER_SESSIONS = int(os.environ.get("NVASR_SEGMENTER_SESSIONS", "200"))  # per CPU container
 WARMUP_AUDIO = "/root/assets/demo.wav" if not modal.is_local() else str(Path(__file__).parent / "tests/assets/demo.wav")
 
 app = modal.App(APP_NAME)
@@ -62,7 +70,7 @@ image = (
         "huggingface_hub[hf_transfer]",
     )
     .env({"HF_HOME": f"{CACHE_DIR}/hf", "HF_HUB_ENABLE_HF_TRANSFER": "1", "TOKENIZERS_PARALLELISM": "false"})
-    .run_function(download_weights, args=([NEMOTRON_MODEL],), volumes={CACHE_DIR: weights})
+    .run_function(download_weights, args=([NEMOTRON_MODEL, PARAKEET_MODEL, REALTIME_MODEL],), volumes={CACHE_DIR: weights})
     .add_local_file(Path(__file__).parent / "tests/assets/demo.wav", "/root/assets/demo.wav")
     .add_local_python_source("services", "pipecat_nvasr")
 )
@@ -113,6 +121,136 @@ class Nemotron:
 
         cfg = StreamingConfig(**self.config, token=os.environ["NVASR_TOKEN"])
         self.asgi = create_streaming_app(cfg, adapter=self.adapter)
+
+    @modal.asgi_app()
+    def web(self):
+        return self.asgi
+
+
+@app.cls(
+    gpu=REALTIME_GPU,
+    image=image,
+    volumes={CACHE_DIR: weights},
+    secrets=[auth],
+    timeout=SESSION_TIMEOUT_S,
+    scaledown_window=300,
+    enable_memory_snapshot=True,
+    experimental_options={"enable_gpu_snapshot": True},
+)
+@modal.concurrent(max_inputs=REALTIME_SESSIONS, target_inputs=int(REALTIME_SESSIONS * 0.75))
+class ParakeetRealtime:
+    """Parakeet realtime EOU on the same engine as Nemotron; its `<EOU>` ends the user's turn."""
+
+    config = dict(
+        worker="parakeet-realtime",
+        model=REALTIME_MODEL,
+        device=DEVICE,
+        chunk_ms=REALTIME_CHUNK_MS,
+        max_sessions=REALTIME_SESSIONS,
+        max_batch=256,
+        warmup=False,
+    )
+
+    @modal.enter(snap=True)
+    def load(self) -> None:
+        from services.streaming_worker import StreamingConfig, load_adapter
+
+        self.adapter = load_adapter(StreamingConfig(**self.config))
+        self.adapter.warmup(_warmup_samples())
+
+    @modal.enter(snap=False)
+    def serve(self) -> None:
+        from services.streaming_worker import StreamingConfig, create_streaming_app
+
+        cfg = StreamingConfig(**self.config, token=os.environ["NVASR_TOKEN"])
+        self.asgi = create_streaming_app(cfg, adapter=self.adapter)
+
+    @modal.asgi_app()
+    def web(self):
+        return self.asgi
+
+
+# The segmenter needs no GPU, torch or NeMo: Silero VAD runs on onnxruntime inside pipecat-ai.
+segmenter_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .apt_install("libsndfile1")
+    .pip_install(
+        "pipecat-ai[silero]==1.14.0",
+        "fastapi==0.165.0",
+        "uvicorn[standard]==0.54.0",
+        "prometheus-client==0.26.0",
+        "python-multipart==0.0.34",
+        "soundfile==0.13.1",
+        "soxr==1.0.0",
+        "aiohttp>=3.9,<4",
+        "websockets==15.0.1",
+    )
+    .add_local_python_source("services", "pipecat_nvasr")
+)
+
+
+@app.cls(
+    gpu=GPU,
+    image=image,
+    volumes={CACHE_DIR: weights},
+    secrets=[auth],
+    timeout=10 * 60,
+    scaledown_window=300,
+    enable_memory_snapshot=True,
+    experimental_options={"enable_gpu_snapshot": True},
+)
+@modal.concurrent(max_inputs=PARAKEET_INPUTS, target_inputs=PARAKEET_INPUTS // 2)
+class Parakeet:
+    """Parakeet TDT batch worker: concurrent requests share GPU batches of up to 128 utterances.
+
+    Serves the OpenAI-compatible HTTP API (`web`) and `transcribe`, the segmenter's call;
+    both feed batchers on one model (its calls are serialised).
+    """
+
+    config = dict(model=PARAKEET_MODEL, device=DEVICE, max_batch=PARAKEET_MAX_BATCH, warmup=False)
+
+    @modal.enter(snap=True)
+    def load(self) -> None:
+        from services.batch_worker import BatchConfig, load_batch_model
+
+        self.model = load_batch_model(BatchConfig(**self.config))
+        self.model.transcribe([_warmup_samples()] * 4)
+
+    @modal.enter(snap=False)
+    def serve(self) -> None:
+        from services.batch.remote import BatchCallEndpoint
+        from services.batch_worker import BatchConfig, create_batch_app
+
+        cfg = BatchConfig(**self.config, token=os.environ["NVASR_TOKEN"])
+        self.asgi = create_batch_app(cfg, model=self.model)
+        self.calls = BatchCallEndpoint(self.model, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)
+
+    @modal.method()
+    async def transcribe(self, pcm16: bytes) -> dict:
+        """16 kHz s16le mono → verbose_json (words, segments)."""
+        return await self.calls.transcribe_pcm(pcm16)
+
+    @modal.asgi_app()
+    def web(self):
+        return self.asgi
+
+
+@app.cls(image=segmenter_image, secrets=[auth], timeout=SESSION_TIMEOUT_S, scaledown_window=300, cpu=4.0, memory=4096)
+@modal.concurrent(max_inputs=SEGMENTER_SESSIONS, target_inputs=int(SEGMENTER_SESSIONS * 0.75))
+class ParakeetSegmenter:
+    """`/v1/listen` for Parakeet: Silero VAD per session on CPU, utterances to `Parakeet.transcribe`.
+
+    Scales on sessions, apart from the GPU class, which scales on utterances in flight.
+    """
+
+    @modal.enter()
+    def serve(self) -> None:
+        from services.segmenter import SegmenterConfig, create_segmenter_app
+        from services.segmenter.transcriber import CallBatchTranscriber
+
+        transcribe = CallBatchTranscriber(Parakeet().transcribe.remote.aio)
+        cfg = SegmenterConfig(model_name=PARAKEET_MODEL, max_sessions=SEGMENTER_SESSIONS, token=os.environ["NVASR_TOKEN"])
+        self.asgi = create_segmenter_app(cfg, transcribe=transcribe)
 
     @modal.asgi_app()
     def web(self):

@@ -3,12 +3,16 @@ at a time, on the same model, in the same run.
 
     python benchmarks/streaming.py --json bench-streaming.json      # N = 1, 8, 32, 64
     python benchmarks/streaming.py --quick                          # under a minute
+    python benchmarks/streaming.py --worker parakeet-realtime       # + EOU latency percentiles
 
 Streams are fed faster than real time (all audio appended at once, as a backlog), so the
 figure is the engine's capacity: seconds of audio transcribed per wall-clock second. Host
 overhead per stream-step is measured with a null model (no inference) to show what the
 engine itself costs. Default model: the project's trained tiny model (d_model 128, 4 layers)
-at 160 ms chunks ([70,1]); `--model` takes any .nemo.
+at 160 ms chunks ([70,1]); `--model` takes any .nemo. With `--worker parakeet-realtime` the
+EOU adapter runs instead (default model tests/assets/tiny_eou.nemo), and the JSON gains
+`eou_latency`: per utterance of tests/assets/eou, true end of speech → `<EOU>` event in
+stream time (the end of the chunk whose step emitted it), as percentiles.
 """
 
 from __future__ import annotations
@@ -100,25 +104,68 @@ async def run_streams(adapter: StreamingAdapter, audios: list[np.ndarray], concu
     }
 
 
-def load_adapter(model: str, chunk_ms: int, max_streams: int) -> StreamingAdapter:
+def load_adapter(model: str, chunk_ms: int, max_streams: int, worker: str = "nemotron") -> StreamingAdapter:
+    if worker == "parakeet-realtime":
+        from services.adapters.eou import EOUAdapter
+
+        return EOUAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams)
     from services.adapters.cache_aware import CacheAwareRNNTAdapter
 
     return CacheAwareRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams)
 
 
-def default_model() -> str:
-    trained = ROOT / "tests/assets/tiny_rnnt.nemo"
+def default_model(worker: str = "nemotron") -> str:
+    eou = worker == "parakeet-realtime"
+    trained = ROOT / ("tests/assets/tiny_eou.nemo" if eou else "tests/assets/tiny_rnnt.nemo")
     if trained.exists():
         return str(trained)
     from services.tiny_model import save_tiny_model
 
     work = Path(tempfile.mkdtemp())
-    return str(save_tiny_model(work / "bench.nemo", work, d_model=128, n_layers=4, n_heads=4))
+    return str(save_tiny_model(work / "bench.nemo", work, d_model=128, n_layers=4, n_heads=4, eou=eou))
+
+
+def eou_latency(adapter: StreamingAdapter) -> dict:
+    """True end of speech → `<EOU>` event, stream time, per utterance of tests/assets/eou.
+
+    Each file streams alone, chunk by chunk; an `<EOU>` final is matched to the earliest
+    utterance not yet ended whose speech has ended by the time it is emitted.
+    """
+    import soundfile as sf
+
+    base = ROOT / "tests/assets/eou"
+    true_s, model_s, missed, extra = [], [], 0, 0
+    for index, item in enumerate(json.loads((base / "manifest.json").read_text())):
+        audio = sf.read(base / item["audio"], dtype="float32")[0]
+        ends = [u["speech_end"] for u in item["utterances"]]
+        n, starts = adapter.chunk_samples, range(0, len(audio), adapter.chunk_samples)
+        for i, start in enumerate(starts):
+            item_ = StepItem(10_000 + index, audio[start : start + n], i == 0, i == len(starts) - 1)
+            emitted = min(start + n, len(audio)) / adapter.sample_rate
+            for final in adapter.step([item_])[0].finals:
+                if not final.end_of_turn:
+                    continue
+                if ends and ends[0] <= emitted:
+                    true_s.append(emitted - ends.pop(0))
+                    model_s.append(emitted - final.end)
+                else:
+                    extra += 1
+        missed += len(ends)
+
+    def pct(values: list[float]) -> dict:
+        if not values:
+            return {}
+        p = np.percentile(values, [50, 90, 99])
+        return {"p50_ms": 1000 * p[0], "p90_ms": 1000 * p[1], "p99_ms": 1000 * p[2], "mean_ms": 1000 * np.mean(values)}
+
+    return {"utterances": len(true_s) + missed, "detected": len(true_s), "missed": missed, "extra": extra,
+            "speech_end_to_eou": pct(true_s), "last_word_to_eou": pct(model_s)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help=".nemo file (default: tests/assets/tiny_rnnt.nemo)")
+    parser.add_argument("--worker", choices=["nemotron", "parakeet-realtime"], default="nemotron")
+    parser.add_argument("--model", help=".nemo file (default: tests/assets/tiny_rnnt.nemo / tiny_eou.nemo)")
     parser.add_argument("--chunk-ms", type=int, default=160)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per stream")
@@ -133,13 +180,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    model = args.model or default_model()
-    adapter = load_adapter(model, args.chunk_ms, max(args.streams))
+    model = args.model or default_model(args.worker)
+    adapter = load_adapter(model, args.chunk_ms, max(args.streams), args.worker)
     adapter.warmup()
     null = NullAdapter(adapter.chunk_samples)
 
     results = {"model": model, "chunk_ms": args.chunk_ms, "seconds_per_stream": args.seconds,
                "threads": args.threads, "runs": []}
+    if args.worker != "nemotron":
+        results["worker"] = args.worker
     header = f"{'N':>4} {'single x-rt':>11} {'batched x-rt':>12} {'speedup':>8} {'mean batch':>10} " \
              f"{'step p50 ms':>11} {'step p95 ms':>11} {'host us/stream-step':>19}"
     print(header)
@@ -156,6 +205,12 @@ def main() -> None:
         print(f"{n:>4} {single['throughput_x_realtime']:>11.1f} {batched['throughput_x_realtime']:>12.1f} "
               f"{speedup:>7.2f}x {batched['mean_batch']:>10.1f} {batched['step_ms_p50']:>11.1f} "
               f"{batched['step_ms_p95']:>11.1f} {host_us:>19.1f}")
+    if args.worker == "parakeet-realtime":
+        results["eou_latency"] = latency = eou_latency(adapter)
+        true_s = latency["speech_end_to_eou"]
+        print(f"EOU: {latency['detected']}/{latency['utterances']} utterances ended by <EOU> "
+              f"({latency['extra']} extra); end of speech → <EOU> p50 {true_s.get('p50_ms', float('nan')):.0f} ms, "
+              f"p90 {true_s.get('p90_ms', float('nan')):.0f} ms, p99 {true_s.get('p99_ms', float('nan')):.0f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")

@@ -11,6 +11,8 @@ _LAZY = {
     "ParakeetRealtimeSTTSettings": "parakeet_realtime",
     "NvasrListenSTTService": "_listen_service",
     "NvasrListenSettings": "_listen_service",
+    "ParakeetSTTService": "parakeet",
+    "ParakeetSTTSettings": "parakeet",
     "ListenClient": "client",
 }
 

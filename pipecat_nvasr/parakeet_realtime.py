@@ -9,13 +9,14 @@ needs no VAD stop timer:
 - `<EOU>` final → push the finalized `TranscriptionFrame`, then broadcast
   `ProposedUserStoppedSpeakingFrame`
 - `<EOB>` final (a backchannel such as "mhm" while the bot talks) → a
-  `UserBackchannelFrame`: no turn, no interruption, nothing in the LLM context.
+  `UserBackchannelFrame`: no turn, no interruption, nothing in the LLM context. A
+  backchannel never ends the user's turn.
 
 Its metadata recommends `ExternalUserTurnStrategies`, which the user aggregator applies
 unless the bot passes its own strategies. A bot that also runs Silero VAD keeps working:
 a VAD stop sends `finalize`, and the final answering it ends the turn too.
 
-    stt = ParakeetRealtimeSTTService(url="wss://you--nvasr-parakeet-realtime.modal.run",
+    stt = ParakeetRealtimeSTTService(url="wss://<workspace>--pipecat-nvasr-parakeetrealtime-web.modal.run",
                                      api_key=os.environ["NVASR_TOKEN"])
     user, assistant = LLMContextAggregatorPair(LLMContext())  # no VAD needed
 """
@@ -54,9 +55,10 @@ class ParakeetRealtimeSTTService(NvasrListenSTTService):
 
     While the bot is speaking, the turn-start proposal waits until the utterance has more
     than `backchannel_words` words (or ends with `<EOU>`), so a short acknowledgement the
-    model marks `<EOB>` never interrupts the bot. `backchannel_words=0` proposes at the
-    first word always. An `<EOB>` inside a turn already open is kept as the user's words
-    and does not end the turn.
+    model marks `<EOB>` never interrupts the bot: it becomes a `UserBackchannelFrame`.
+    `backchannel_words=0` proposes at the first word always. An `<EOB>` while the bot is
+    silent, or inside a turn already open, is the user's words: kept, but it does not end
+    the turn (the next `<EOU>`, or a VAD `finalize`, does).
 
     Event handlers (in addition to `on_connected` / `on_disconnected`):
     - on_end_of_turn(service, final): the model ended the user's turn (`<EOU>`)
@@ -116,7 +118,7 @@ class ParakeetRealtimeSTTService(NvasrListenSTTService):
         await super()._on_partial(partial)
 
     async def _on_final(self, final: Final):
-        if final.backchannel and not self._turn_open and final.text:
+        if final.backchannel and final.text and self._bot_speaking and not self._turn_open:
             await self._on_backchannel(final)
             return
         if final.text and not self._turn_open:

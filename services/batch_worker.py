@@ -10,7 +10,7 @@ from typing import Optional
 
 from fastapi import FastAPI
 
-from .batch.api import DEFAULT_MAX_UPLOAD_BYTES, transcription_router
+from .batch.api import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, transcription_router
 from .batch.batcher import DynamicBatcher
 from .batch.model import DEFAULT_MODEL, OfflineASRModel
 from .server.app import create_app
@@ -82,6 +82,7 @@ def create_batch_app(cfg: BatchConfig, model: Optional[OfflineASRModel] = None) 
         on_shutdown=[batcher.stop],
         health=health,
     )
+    app.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
     app.state.batcher = batcher
     app.state.model = model
     return app

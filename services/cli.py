@@ -90,7 +90,7 @@ async def _stream(args) -> int:
             if isinstance(event, Partial) and not args.quiet:
                 print(f"  … {event.text}", flush=True)
             elif isinstance(event, Final) and event.text:
-                flags = " [end of turn]" if event.end_of_turn else ""
+                flags = " [end of turn]" if event.end_of_turn else " [backchannel]" if event.backchannel else ""
                 print(f"[{event.start:7.2f}-{event.end:7.2f}] {event.text}{flags}", flush=True)
             elif isinstance(event, Error):
                 print(f"error {event.code}: {event.message}", file=sys.stderr)
@@ -104,6 +104,109 @@ def _run_stream(args) -> None:
         sys.exit(asyncio.run(_stream(args)))
     except (ConnectionError, OSError) as exc:
         sys.exit(f"nvasr stream: {exc}")
+
+
+def _serve_parakeet(args) -> None:
+    import uvicorn
+
+    from .batch_worker import BatchConfig, create_batch_app
+
+    cfg = BatchConfig(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        language=args.language,
+        token=resolve_token(args),
+    )
+    uvicorn.run(create_batch_app(cfg), host=args.host, port=args.port, log_level="info")
+
+
+def _serve_segmenter(args) -> None:
+    import uvicorn
+
+    from .segmenter import SegmenterConfig, VADSettings, create_segmenter_app
+
+    vad = VADSettings(
+        stop_secs=args.stop_secs, pre_roll_secs=args.pre_roll_secs, max_utterance_secs=args.max_utterance_secs
+    )
+    cfg = SegmenterConfig(
+        batch_url=args.batch_url,
+        batch_token=args.batch_token or os.environ.get("NVASR_BATCH_TOKEN") or os.environ.get("NVASR_TOKEN"),
+        vad=vad,
+        max_sessions=args.max_sessions,
+        token=resolve_token(args),
+    )
+    uvicorn.run(create_segmenter_app(cfg), host=args.host, port=args.port, log_level="info", ws_max_size=4 * 1024 * 1024)
+
+
+def _transcribe(args) -> None:
+    from pathlib import Path
+
+    from .batch import files as batch_files
+
+    paths = [Path(f) for f in args.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        sys.exit(f"nvasr transcribe: no such file: {', '.join(missing)}")
+    progress = batch_files.Progress(len(paths), enabled=not args.no_progress)
+    try:
+        if args.local:
+            from .batch_worker import BatchConfig, load_batch_model
+
+            model = load_batch_model(BatchConfig(model=args.model, device=args.device))
+            results = batch_files.transcribe_local(paths, model, args.batch_size, progress)
+        else:
+            token = args.token or os.environ.get("NVASR_TOKEN")
+            results = asyncio.run(
+                batch_files.transcribe_remote(paths, args.url, token, args.concurrency, args.language, progress)
+            )
+    except (RuntimeError, OSError, ValueError) as exc:
+        sys.exit(f"nvasr transcribe: {exc}")
+    finally:
+        progress.close()
+    batch_files.write_outputs(results, paths, args.format, Path(args.output_dir) if args.output_dir else None)
+
+
+def _add_parakeet_commands(serve_sub, sub) -> None:
+    p = serve_sub.add_parser("parakeet", help="the Parakeet batch worker (OpenAI-compatible /v1/audio/transcriptions)")
+    p.add_argument("--model", help="Hugging Face id or local .nemo (default: nvidia/parakeet-tdt-0.6b-v3)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--max-batch", type=int, default=128, help="utterances per model call")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
+    p.add_argument("--max-upload-mb", type=int, default=100)
+    p.add_argument("--language", default="en", help="reported when a request names none")
+    _add_server_flags(p)
+    p.set_defaults(run=_serve_parakeet)
+
+    p = serve_sub.add_parser("segmenter", help="the Silero VAD segmenter (CPU) in front of a batch worker")
+    p.add_argument("--batch-url", required=True, help="the batch worker, e.g. http://127.0.0.1:8001")
+    p.add_argument("--batch-token", help="the batch worker's token (default: $NVASR_BATCH_TOKEN, else $NVASR_TOKEN)")
+    p.add_argument("--stop-secs", type=float, default=0.5, help="silence that ends an utterance")
+    p.add_argument("--pre-roll-secs", type=float, default=0.5)
+    p.add_argument("--max-utterance-secs", type=float, default=20.0)
+    p.add_argument("--max-sessions", type=int, default=512)
+    _add_server_flags(p)
+    p.set_defaults(run=_serve_segmenter)
+
+    t = sub.add_parser("transcribe", help="transcribe audio files with a batch worker (or a local model)")
+    t.add_argument("files", nargs="+")
+    where = t.add_mutually_exclusive_group()
+    where.add_argument("--url", default="http://127.0.0.1:8000", help="batch worker URL")
+    where.add_argument("--local", action="store_true", help="load the model in this process instead")
+    t.add_argument("--token")
+    t.add_argument("--model", help="with --local: Hugging Face id or .nemo")
+    t.add_argument("--device", default="cuda" if _cuda() else "cpu", help="with --local")
+    t.add_argument("--batch-size", type=int, default=32, help="with --local")
+    t.add_argument("--concurrency", type=int, default=32, help="uploads in flight")
+    t.add_argument("--language", default="en")
+    t.add_argument("--format", choices=["txt", "json", "srt", "vtt"], default="txt")
+    t.add_argument("--output-dir", help="write <name>.<format> files here (default: print)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(run=_transcribe)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--fast", action="store_true", help="send as fast as possible, not in real time")
     stream.add_argument("--quiet", action="store_true", help="finals only")
     stream.set_defaults(run=_run_stream)
+    _add_parakeet_commands(serve_sub, sub)
     return parser
 
 

@@ -54,10 +54,12 @@ def heldout() -> list[dict]:
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str, channels: int = 1) -> bytes:
-    """16 kHz mono float32 → `fmt` (wav/flac/ogg/mp3) bytes at `rate` with `channels`."""
+    """16 kHz mono float32 → `fmt` (wav/flac/ogg/mp3, opus/webm) bytes at `rate` with `channels`."""
     import soundfile as sf
     import soxr
 
+    if fmt in ("opus", "webm"):
+        return encode_opus(samples, "ogg" if fmt == "opus" else "webm")
     audio = soxr.resample(samples, 16000, rate) if rate != 16000 else samples
     if channels == 2:
         audio = np.stack([audio, audio * 0.9], axis=1)
@@ -65,4 +67,21 @@ def encode(samples: np.ndarray, rate: int, fmt: str, channels: int = 1) -> bytes
     kwargs = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
     container, subtype = kwargs[fmt]
     sf.write(buffer, audio, rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def encode_opus(samples: np.ndarray, container: str) -> bytes:
+    """Opus at 48 kHz in an OGG or WebM container, written with PyAV (FFmpeg)."""
+    import av
+    import soxr
+
+    audio = soxr.resample(samples, 16000, 48000).astype(np.float32)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = 48000
+        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
+            out.mux(packet)
     return buffer.getvalue()

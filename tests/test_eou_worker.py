@@ -141,7 +141,9 @@ async def test_sixteen_concurrent_clients_get_their_single_stream_results(server
     rng = np.random.default_rng(5)
     plans = []
     for i in range(16):
-        audio = to_pcm16(noise_audio(100 + i, 2.0 + 0.15 * i))
+        # No part is a whole number of 160 ms chunks: whether its last full chunk is cut
+        # before or after `close` arrives would depend on timing, not on batching.
+        audio = to_pcm16(noise_audio(100 + i, 2.037 + 0.15 * i))
         cut = int(rng.integers(1, 4)) * 6400 if i % 3 == 0 else None  # finalize after 0.2–0.6 s
         plans.append([audio[:cut], audio[cut:]] if cut else [audio])
     alone = [as_tuples(await session(server, parts)) for parts in plans]
@@ -213,4 +215,30 @@ def test_trained_model_ends_each_utterance_once_with_low_latency(trained_eou, eo
     assert word_accuracy(reference, hypothesis) >= 0.8
     p50, p90 = np.percentile(latencies, [50, 90])
     print(f"EOU latency over {len(latencies)} utterances: p50 {p50 * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms")
-    assert min(latencies) > 0 and p90 < 1.5
+    assert min(latencies) > -0.1 and p90 < 1.5  # never well before the speech ends
+
+
+def test_a_marker_in_the_last_chunk_still_flags_the_final(chatty_eou):
+    """NeMo drops a stream's state inside its last step; the marker must survive that."""
+    from services.adapters.eou import EOUAdapter
+    from services.engine.adapter import StepItem
+
+    adapter = EOUAdapter(str(chatty_eou), chunk_ms=160, max_streams=4, dtype="float64")
+    n = adapter.chunk_samples
+
+    def run(audio, stream_id) -> list:
+        chunks = [audio[i : i + n] for i in range(0, len(audio), n)]
+        return [
+            adapter.step([StepItem(stream_id, chunk, i == 0, i == len(chunks) - 1)])[0]
+            for i, chunk in enumerate(chunks)
+        ]
+
+    flagged = 0
+    for seed in range(5):  # cut each stream right after the chunk where a marker first came
+        audio = noise_audio(300 + seed, 2.0)
+        outputs = run(audio, 60 + seed)
+        k = next(i for i, out in enumerate(outputs) if any(f.end_of_turn or f.backchannel for f in out.finals))
+        last = run(audio[: (k + 1) * n], 80 + seed)[-1]
+        flagged += any(f.end_of_turn or f.backchannel for f in last.finals)
+        assert adapter.active_streams() == 0 and not adapter.pipeline.eou_events
+    assert flagged, "no last chunk carried a marker"

@@ -14,8 +14,10 @@ from pipecat_nvasr.protocol import Closed, Final
 
 
 @pytest.fixture(scope="module")
-def deploy(tiny_rnnt, monkeypatch_module):
+def deploy(tiny_rnnt, tiny_eou, monkeypatch_module):
     monkeypatch_module.setenv("NVASR_NEMOTRON_MODEL", str(tiny_rnnt))
+    monkeypatch_module.setenv("NVASR_REALTIME_MODEL", str(tiny_eou))
+    monkeypatch_module.setenv("NVASR_REALTIME_SESSIONS", "16")
     monkeypatch_module.setenv("NVASR_DEVICE", "cpu")
     monkeypatch_module.setenv("NVASR_NEMOTRON_SESSIONS", "16")
     monkeypatch_module.setenv("NVASR_TOKEN", TOKEN)
@@ -53,6 +55,23 @@ async def test_nemotron_class_serves_the_streaming_app(deploy):
     with LiveServer(asgi) as srv:
         async with ListenClient(srv.ws, token=TOKEN) as client:
             sender = asyncio.create_task(stream_pcm(client, to_pcm16(noise_audio(3, 1.0)), realtime=False))
+            events = [e async for e in client.events()]
+            await sender
+    assert isinstance(events[-1], Closed) and any(isinstance(e, Final) for e in events)
+
+
+async def test_parakeet_realtime_class_serves_the_eou_worker(deploy):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = deploy.app.registered_functions["ParakeetRealtime.*"]._spec_
+    assert spec.gpus == deploy.REALTIME_GPU == "L4"
+    asgi = await asyncio.to_thread(lambda: deploy.ParakeetRealtime().web.local())
+    assert asgi.state.engine.adapter.__class__.__name__ == "EOUAdapter"
+    with LiveServer(asgi) as srv:
+        async with ListenClient(srv.ws, token=TOKEN) as client:
+            sender = asyncio.create_task(stream_pcm(client, to_pcm16(noise_audio(4, 1.0)), realtime=False))
             events = [e async for e in client.events()]
             await sender
     assert isinstance(events[-1], Closed) and any(isinstance(e, Final) for e in events)

@@ -113,13 +113,25 @@ async def test_20_concurrent_sessions_do_not_mix(servers, eou_clips):
     def audio(i: int) -> np.ndarray:  # 20 distinct streams: a clip after i × 96 ms of silence
         return np.concatenate([np.zeros(1536 * i, dtype=np.float32), eou_clips[i % len(eou_clips)]["samples"]])
 
-    alone = {}
-    for i in range(len(eou_clips)):
-        alone[i] = finals(await run_session(servers.ws, audio(i)))
+    alone = [finals(await run_session(servers.ws, audio(i))) for i in range(20)]
     together = await asyncio.gather(*(run_session(servers.ws, audio(i)) for i in range(20)))
     for i, events in enumerate(together):
         got = finals(events)
-        reference = alone[i % len(eou_clips)]
-        shift = 1536 * (i - i % len(eou_clips)) / 16000
-        assert [f.text for f in got] == [f.text for f in reference], i
-        assert [round(f.start - shift, 2) for f in got] == [round(f.start, 2) for f in reference], i
+        assert [(f.text, f.start, f.end) for f in got] == [(f.text, f.start, f.end) for f in alone[i]], i
+        assert got, i
+
+
+async def test_call_path_used_on_modal_gives_the_same_finals(servers, eou_clips, tmp_path_factory):
+    """Segmenter → CallBatchTranscriber → BatchCallEndpoint (what Modal wires) == the HTTP path."""
+    from services.batch.remote import BatchCallEndpoint
+    from services.segmenter.transcriber import CallBatchTranscriber
+
+    model = batch_model(str(tmp_path_factory.mktemp("batch-model")))
+    endpoint = BatchCallEndpoint(model, max_batch=8)
+    cfg = SegmenterConfig(token=TOKEN)
+    app = create_segmenter_app(cfg, transcribe=CallBatchTranscriber(endpoint.transcribe_pcm))
+    clip = eou_clips[2]["samples"]
+    over_http = finals(await run_session(servers.ws, clip))
+    with LiveServer(app) as direct:
+        over_calls = finals(await run_session(direct.ws, clip))
+    assert [(f.text, f.start, f.end) for f in over_calls] == [(f.text, f.start, f.end) for f in over_http]

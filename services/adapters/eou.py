@@ -67,6 +67,10 @@ class EOUAdapter(CacheAwareRNNTAdapter):
         self.pipeline.__class__ = _eou_pipeline_class(type(self.pipeline))
         self.pipeline.init_eou(eou_id=eou_id, eob_id=eob_id)
 
+    def release(self, stream_id: int) -> None:
+        super().release(stream_id)
+        self.pipeline.eou_events.pop(stream_id, None)
+
     def _convert(self, item: StepItem, out) -> StepOutput:
         marker = self.pipeline.eou_events.pop(item.stream_id, None)
         result = super()._convert(item, out)
@@ -120,10 +124,11 @@ def _eou_pipeline_class(base: type) -> type:
                     emissions, len(emissions) - 1, stop_history_eou=state.options.stop_history_eou
                 )
             state.update_state(output, eou_detected=ended)
+            if marker is not None:
+                self.eou_events[sid] = marker
             if request.is_last:
                 self.frames_seen.pop(sid, None)
             elif marker is not None:
-                self.eou_events[sid] = marker
                 # next utterance: fresh decoder, same encoder cache, stream time continues
                 state.reset_previous_hypothesis()
                 state.set_offset(0)
@@ -146,9 +151,10 @@ def _eou_pipeline_class(base: type) -> type:
             return EOU_PIECE if EOU_PIECE in found else EOB_PIECE
 
         def delete_state(self, stream_id: int) -> None:
+            # NeMo deletes a stream's state inside the step of its last frame; that step's
+            # marker (eou_events) is read and cleared by the adapter afterwards.
             super().delete_state(stream_id)
             self.frames_seen.pop(stream_id, None)
-            self.eou_events.pop(stream_id, None)
 
     EOUCacheAwareRNNTPipeline.__name__ = f"EOU{base.__name__}"
     _classes[base] = EOUCacheAwareRNNTPipeline

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Optional
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from pipecat_nvasr.protocol import TRANSCRIBE_PATH
@@ -25,6 +25,25 @@ from .formats import FORMATS, GRANULARITIES, MEDIA_TYPES, render
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small form fields
+
+
+class UploadLimit:
+    """ASGI middleware: answer 413 from the Content-Length header, before the body is read.
+
+    Uploads without the header (chunked) are still cut off in the handler, after spooling.
+    """
+
+    def __init__(self, app, max_bytes: int, path: str = TRANSCRIBE_PATH):
+        self.app, self.max_bytes, self.path = app, max_bytes, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == self.path:
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes + FORM_OVERHEAD:
+                response = openai_error(413, f"the file is larger than {self.max_bytes} bytes")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def openai_error(status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None):
@@ -48,7 +67,6 @@ def transcription_router(
 
     @router.post(TRANSCRIBE_PATH)
     async def transcriptions(
-        request: Request,
         file: UploadFile = File(...),
         model: Optional[str] = Form(None),  # accepted and ignored: a worker serves one model
         language: Optional[str] = Form(None),
@@ -63,8 +81,7 @@ def transcription_router(
         unknown = [g for g in granularities if g not in GRANULARITIES]
         if unknown:
             return failed(400, f"timestamp_granularities[] must be among {list(GRANULARITIES)}", param="timestamp_granularities[]")
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > max_upload_bytes + 64 * 1024 or (file.size or 0) > max_upload_bytes:
+        if (file.size or 0) > max_upload_bytes:
             return failed(413, f"the file is larger than {max_upload_bytes} bytes")
         data = await file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:

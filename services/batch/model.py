@@ -4,7 +4,7 @@ One call = one padded batch through preprocessor → encoder → greedy decoding
 model's own word/segment timestamps and word confidence switched on. Padding never leaks
 into a row's result: NeMo masks padded frames (features, subsampling convs, attention), so
 an utterance transcribed in a batch equals the same utterance transcribed alone.
-Not thread-safe: the batcher calls it from its one model thread only.
+Calls are serialised by a lock: an HTTP batcher and a Modal method may share one model.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -74,6 +75,7 @@ class OfflineASRModel:
             self.model.to(device=self.device, dtype=getattr(torch, dtype))
         else:
             self.model.to(device=self.device)
+        self._lock = threading.Lock()
         self._autocast = dtype in ("bfloat16", "float16") and self.device.type == "cuda"
         self._configure_decoding()
         self.sample_rate = int(self.model.cfg.preprocessor.sample_rate)
@@ -89,7 +91,6 @@ class OfflineASRModel:
         with open_dict(cfg):
             cfg.strategy = "greedy_batch"
             cfg.compute_timestamps = True
-            cfg.preserve_alignments = True
             cfg.confidence_cfg = OmegaConf.create(
                 {
                     "preserve_frame_confidence": True,
@@ -122,7 +123,7 @@ class OfflineASRModel:
             batch[row, : len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
         batch = batch.to(self.device)
         length = torch.tensor(lengths, dtype=torch.long, device=self.device)
-        with torch.inference_mode(), torch.autocast(
+        with self._lock, torch.inference_mode(), torch.autocast(
             device_type=self.device.type, dtype=getattr(torch, self.dtype), enabled=self._autocast
         ):
             encoded, encoded_len = self.model.forward(input_signal=batch, input_signal_length=length)

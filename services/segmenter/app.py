@@ -31,7 +31,7 @@ class SegmenterConfig:
     model_name: str = DEFAULT_MODEL  # what `ready` reports: the batch worker's model
     vad: VADSettings = field(default_factory=VADSettings)
     max_sessions: int = 512
-    max_buffer_seconds: float = 10.0
+    max_buffer_seconds: float = 60.0  # audio waiting for the VAD (cheap: 4 MB per session at most)
     token: Optional[str] = None
 
 
@@ -41,7 +41,7 @@ class Segmenter:
     sample_rate = SAMPLE_RATE
     chunk_ms = WINDOW * 1000 // SAMPLE_RATE
 
-    def __init__(self, transcribe: Transcriber, model_name: str, settings: VADSettings, max_sessions: int = 512, max_buffer_seconds: float = 10.0):
+    def __init__(self, transcribe: Transcriber, model_name: str, settings: VADSettings, max_sessions: int = 512, max_buffer_seconds: float = 60.0):
         self.transcribe = transcribe
         self.model_name = model_name
         self.settings = settings

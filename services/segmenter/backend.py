@@ -41,7 +41,6 @@ class VADSettings:
 
 class SegmenterSession:
     def __init__(self, settings: VADSettings, max_buffer_samples: int):
-        from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.audio.vad.vad_analyzer import VADParams
 
         self.id = uuid.uuid4().hex
@@ -62,8 +61,8 @@ class SegmenterSession:
             stop_secs=settings.stop_secs,
             min_volume=settings.min_volume,
         )
-        self.vad = SileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=params)
-        self.vad.set_sample_rate(SAMPLE_RATE)
+        self._vad_params = params
+        self.vad = None  # loaded off the loop when the session's VAD task starts
         self._pending = np.zeros(0, dtype=np.float32)  # samples short of a full window
         self._results: asyncio.Queue = asyncio.Queue()  # ordered: transcription tasks, then None
         self.tasks: list[asyncio.Task] = []  # transcriptions in flight
@@ -98,6 +97,7 @@ class SegmenterSession:
         """Audio → VAD → utterances, strictly in arrival order."""
         from pipecat.audio.vad.vad_analyzer import VADState
 
+        self.vad = await asyncio.to_thread(self._load_vad)
         while True:
             kind, samples = await self._inbox.get()
             if kind == "audio":
@@ -170,5 +170,13 @@ class SegmenterSession:
             if final.text or final.from_finalize:
                 self.outbox.put_nowait(final)
 
+    def _load_vad(self):
+        from pipecat.audio.vad.silero import SileroVADAnalyzer
+
+        vad = SileroVADAnalyzer(sample_rate=SAMPLE_RATE, params=self._vad_params)
+        vad.set_sample_rate(SAMPLE_RATE)
+        return vad
+
     async def cleanup(self) -> None:
-        await self.vad.cleanup()
+        if self.vad is not None:
+            await self.vad.cleanup()

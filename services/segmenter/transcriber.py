@@ -93,3 +93,17 @@ class HTTPBatchTranscriber:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class CallBatchTranscriber:
+    """Utterances → an async call taking 16 kHz s16le PCM and returning verbose_json (a Modal method)."""
+
+    def __init__(self, call: Callable[[bytes], Awaitable[dict]]):
+        self.call = call
+
+    async def __call__(self, samples: np.ndarray) -> Transcript:
+        pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+        try:
+            return transcript_from_verbose(await self.call(pcm))
+        except Exception as exc:
+            raise BatchUnavailable(f"batch call failed: {type(exc).__name__}: {exc}") from exc
