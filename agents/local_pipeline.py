@@ -49,7 +49,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 class LocalWorker:
     """A Nemotron worker served by uvicorn on 127.0.0.1 in a background thread."""
 
-    def __init__(self, model: str, token: str):
+    def __init__(self, model: str, token: str, verbose: bool = False):
+        os.environ.setdefault("NEMO_REDIRECT_LOGS_TO_STDERR", "1")  # stdout is for transcripts
         try:
             import uvicorn
 
@@ -60,6 +61,12 @@ class LocalWorker:
         if not Path(model).exists() and os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
             print(f"NOTE: huggingface.co is unreachable from here, so {model} cannot be downloaded.")
             os.environ["HF_HUB_OFFLINE"] = "1"  # fail the download at once, then fall back
+        if not verbose:
+            import logging
+
+            from nemo.utils import logging as nemo_logging
+
+            nemo_logging.set_verbosity(logging.WARNING)
         fallback = str(FALLBACK_MODEL) if FALLBACK_MODEL.exists() else None
         print(f"loading {model} ...", flush=True)
         try:
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         return asyncio.run(transcribe_file(args.url, token, args.file, args.speed))
     token = token or secrets.token_urlsafe(24)
-    with LocalWorker(args.model, token) as url:
+    with LocalWorker(args.model, token, args.verbose) as url:
         return asyncio.run(transcribe_file(url, token, args.file, args.speed))
 
 

@@ -134,7 +134,8 @@ class ParakeetRealtimeSTTService(NvasrListenSTTService):
         if final.from_finalize:
             self.confirm_finalize()
             await self.stop_processing_metrics()
-        await self.push_frame(UserBackchannelFrame(text=final.text, user_id=self._user_id, timestamp=time_now_iso8601()))
+        frame = UserBackchannelFrame(text=final.text, user_id=self._user_id, timestamp=time_now_iso8601())
+        await self.push_frame(frame)
         await self._call_event_handler("on_backchannel", final)
 
     def _may_open_turn(self, text: str) -> bool:

@@ -82,7 +82,7 @@ def create_batch_app(cfg: BatchConfig, model: Optional[OfflineASRModel] = None) 
         on_shutdown=[batcher.stop],
         health=health,
     )
-    app.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
+    app.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes, metrics=metrics)
     app.state.batcher = batcher
     app.state.model = model
     return app

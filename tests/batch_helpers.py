@@ -85,3 +85,38 @@ def encode_opus(samples: np.ndarray, container: str) -> bytes:
         for packet in list(stream.encode(frame)) + list(stream.encode(None)):
             out.mux(packet)
     return buffer.getvalue()
+
+
+def tdt_model(workdir: str, seed: int = 0):
+    """A random tiny TDT in Parakeet's offline shape (full attention, non-causal convs, per_feature)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+    from services.batch.model import OfflineASRModel
+    from services.tiny_model import model_config, train_tokenizer
+
+    cfg = model_config(train_tokenizer(Path(workdir) / "tok"))
+    durations = [0, 1, 2, 3, 4]
+    cfg["model_defaults"]["tdt_durations"] = durations
+    cfg["joint"]["num_extra_outputs"] = len(durations)
+    cfg["decoding"] = {"strategy": "greedy_batch", "model_type": "tdt", "durations": durations, "greedy": {"max_symbols": 10}}
+    cfg["loss"] = {"loss_name": "tdt", "tdt_kwargs": {"durations": durations, "sigma": 0.02, "omega": 0.1}}
+    cfg["encoder"].update(att_context_size=[-1, -1], att_context_style="regular", conv_context_size=None, causal_downsampling=False)
+    cfg["preprocessor"]["normalize"] = "per_feature"
+    torch.manual_seed(seed)
+    model = EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg)).eval()
+    with torch.no_grad():
+        model.joint.joint_net[-1].bias[-len(durations) - 1] += 0.5  # blank: a few tokens, not 10 per frame
+    return OfflineASRModel("random-tiny-tdt", dtype="float64", asr_model=model)
+
+
+def word_accuracy(reference: str, hypothesis: str) -> float:
+    """1 − WER, for assertions on the trained tiny model (it is good, not perfect)."""
+    ref, hyp = reference.lower().split(), hypothesis.lower().split()
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return 1 - d[-1] / max(len(ref), 1)

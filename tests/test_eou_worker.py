@@ -242,3 +242,30 @@ def test_a_marker_in_the_last_chunk_still_flags_the_final(chatty_eou):
         flagged += any(f.end_of_turn or f.backchannel for f in last.finals)
         assert adapter.active_streams() == 0 and not adapter.pipeline.eou_events
     assert flagged, "no last chunk carried a marker"
+
+
+def test_80ms_chunks_keep_the_trained_context_and_batch_exactly(chatty_eou):
+    """80 ms steps shift the model's [70,1] context by one frame; batched == alone."""
+    from services.adapters.eou import EOUAdapter
+    from services.engine.adapter import StepItem
+
+    adapter = EOUAdapter(str(chatty_eou), chunk_ms=80, max_streams=4, dtype="float64")
+    assert adapter.chunk_samples == 1280 and adapter.pipeline.asr_model.get_att_context_size() == [70, 1]
+    n = adapter.chunk_samples
+    audios = [noise_audio(400 + s, 1.5 + 0.1 * s) for s in range(3)]
+    streams = [[a[i : i + n] for i in range(0, len(a), n)] for a in audios]
+
+    def flat(outputs) -> list[tuple]:
+        return [(f.text, f.start, f.end, f.end_of_turn, f.backchannel) for out in outputs for f in out.finals]
+
+    alone = [
+        flat(adapter.step([StepItem(100 + j, c, i == 0, i == len(chunks) - 1)])[0] for i, c in enumerate(chunks))
+        for j, chunks in enumerate(streams)
+    ]
+    together: list[list] = [[] for _ in streams]
+    for i in range(max(map(len, streams))):
+        live = [j for j, chunks in enumerate(streams) if i < len(chunks)]
+        items = [StepItem(200 + j, streams[j][i], i == 0, i == len(streams[j]) - 1) for j in live]
+        for j, out in zip(live, adapter.step(items)):
+            together[j] += flat([out])
+    assert together == alone and any(t[3] for a in alone for t in a)

@@ -100,7 +100,7 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         self.model_name = model
         self.max_streams = max_streams
         compute = "float32" if dtype == "float64" else dtype
-        cfg = pipeline_config(model, chunk_ms, max_streams, device, compute, endpoint_silence_ms)
+        cfg = self._pipeline_config(model, chunk_ms, max_streams, device, compute, endpoint_silence_ms)
         self.pipeline = CacheAwarePipelineBuilder.build(OmegaConf.create(cfg))
         if dtype == "float64":
             self._use_float64()
@@ -109,6 +109,10 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         self._processed: dict[int, int] = {}  # stream → samples seen
         self._utterance_start: dict[int, float] = {}  # stream → where the current utterance began
         self.pipeline.open_session()
+
+    def _pipeline_config(self, model, chunk_ms, max_streams, device, compute_dtype, endpoint_silence_ms) -> dict:
+        """NeMo's pipeline config; a subclass may adjust it (the EOU model's 80 ms shift)."""
+        return pipeline_config(model, chunk_ms, max_streams, device, compute_dtype, endpoint_silence_ms)
 
     def _use_float64(self) -> None:
         """Reference precision on CPU: exact-token comparisons need it (fp32 near-ties flip)."""

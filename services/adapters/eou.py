@@ -23,7 +23,6 @@ NeMo's blank-run endpointing is off by default here (the model decides); a posit
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, Optional
 
 from pipecat_nvasr.protocol import Final
@@ -31,11 +30,9 @@ from pipecat_nvasr.protocol import Final
 from ..engine.adapter import StepItem, StepOutput
 from .cache_aware import CacheAwareRNNTAdapter
 
-logger = logging.getLogger(__name__)
-
 EOU_PIECE = "<EOU>"
 EOB_PIECE = "<EOB>"
-EOU_CHUNK_MS = (80, 160)  # the model is trained for [70,0] and [70,1]
+EOU_CHUNK_MS = (80, 160)
 
 
 class EOUAdapter(CacheAwareRNNTAdapter):
@@ -66,6 +63,14 @@ class EOUAdapter(CacheAwareRNNTAdapter):
             raise ValueError(f"{model} has no {EOU_PIECE}/{EOB_PIECE} tokens: not an EOU model")
         self.pipeline.__class__ = _eou_pipeline_class(type(self.pipeline))
         self.pipeline.init_eou(eou_id=eou_id, eob_id=eob_id)
+
+    def _pipeline_config(self, model, chunk_ms, max_streams, device, compute_dtype, endpoint_silence_ms) -> dict:
+        """Always the model's trained context [70,1] (80 ms lookahead); 80 ms chunks shift it
+        by one encoder frame per step instead of two, as NeMo's own EOU voice agent does."""
+        cfg = super()._pipeline_config(model, 160, max_streams, device, compute_dtype, endpoint_silence_ms)
+        if chunk_ms == 80:
+            cfg["streaming"]["chunk_size_in_secs"] = 0.08
+        return cfg
 
     def release(self, stream_id: int) -> None:
         super().release(stream_id)

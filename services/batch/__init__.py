@@ -1,0 +1,1 @@
+"""Parakeet batch worker: offline NeMo model, dynamic batcher, OpenAI-compatible API."""

@@ -34,14 +34,16 @@ class UploadLimit:
     Uploads without the header (chunked) are still cut off in the handler, after spooling.
     """
 
-    def __init__(self, app, max_bytes: int, path: str = TRANSCRIBE_PATH):
-        self.app, self.max_bytes, self.path = app, max_bytes, path
+    def __init__(self, app, max_bytes: int, metrics: Optional[Metrics] = None, path: str = TRANSCRIBE_PATH):
+        self.app, self.max_bytes, self.metrics, self.path = app, max_bytes, metrics, path
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] == self.path:
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.max_bytes + FORM_OVERHEAD:
                 response = openai_error(413, f"the file is larger than {self.max_bytes} bytes")
+                if self.metrics is not None:
+                    self.metrics.requests.labels(status="413").inc()
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 

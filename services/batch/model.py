@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
