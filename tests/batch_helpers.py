@@ -23,8 +23,25 @@ def has_trained_model() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def batch_model(workdir: str):
+def model_is_accurate() -> bool:
+    """The trained model gets ≥ 90 % of held-out words right: only then do tests compare with the truth.
+
+    Until it does (it is retrained as the project goes), tests assert consistency instead: the
+    same audio gives the same result however it travels.
+    """
+    if not has_trained_model():
+        return False
+    items = heldout()
+    results = batch_model().transcribe([i["samples"] for i in items])
+    scores = [word_accuracy(i["text"], r.text) for i, r in zip(items, results)]
+    return sum(scores) / len(scores) >= 0.9
+
+
+@functools.lru_cache(maxsize=None)
+def batch_model():
     """The OfflineASRModel all Parakeet tests share (loaded once per process)."""
+    import tempfile
+
     import torch
 
     from services.batch.model import OfflineASRModel
@@ -35,7 +52,7 @@ def batch_model(workdir: str):
 
     from omegaconf import open_dict
 
-    model = build_model(train_tokenizer(Path(workdir) / "tok"), seed=3)
+    model = build_model(train_tokenizer(Path(tempfile.mkdtemp(prefix="batch-model-")) / "tok"), seed=3)
     with torch.no_grad():
         model.joint.joint_net[-1].bias[-1] += 0.6  # the last output is RNNT's blank
     with open_dict(model.cfg):

@@ -17,7 +17,7 @@ from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
 
-from batch_helpers import ASSETS, batch_model, has_trained_model, word_accuracy
+from batch_helpers import ASSETS, batch_model, model_is_accurate, word_accuracy
 from conftest import TOKEN, LiveServer, to_pcm16
 from pipecat_nvasr.parakeet import ParakeetSTTService
 from services.batch_worker import BatchConfig, create_batch_app
@@ -27,8 +27,8 @@ PACE = 0.25  # 4× real time
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    model = batch_model(str(tmp_path_factory.mktemp("batch-model")))
+def worker():
+    model = batch_model()
     app = create_batch_app(BatchConfig(token=TOKEN, warmup=False), model=model)
     with LiveServer(app) as server:
         server.model = model
@@ -71,7 +71,7 @@ async def test_vad_segments_become_finalized_transcripts(worker, clip):
     for frame, utt in zip(finals, clip["utterances"]):
         assert frame.finalized and frame.language == Language.EN
         assert frame.result["words"] and all(w["start"] <= w["end"] for w in frame.result["words"])
-        if has_trained_model():
+        if model_is_accurate():
             assert word_accuracy(utt["text"], frame.text) >= 0.75, (frame.text, utt["text"])
     metrics = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
     assert any(isinstance(d, ProcessingMetricsData) for d in metrics)

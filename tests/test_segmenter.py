@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from batch_helpers import ASSETS, batch_model, has_trained_model, word_accuracy
+from batch_helpers import ASSETS, batch_model, model_is_accurate, word_accuracy
 from conftest import TOKEN, LiveServer, to_pcm16
 from pipecat_nvasr.client import ListenClient, stream_pcm
 from pipecat_nvasr.protocol import Closed, Error, Final
@@ -30,8 +30,8 @@ def eou_clips() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    model = batch_model(str(tmp_path_factory.mktemp("batch-model")))
+def servers():
+    model = batch_model()
     batch_app = create_batch_app(BatchConfig(token=TOKEN, max_batch=32, warmup=False), model=model)
     with LiveServer(batch_app) as batch:
         cfg = SegmenterConfig(batch_url=batch.http, batch_token=TOKEN, token=TOKEN)
@@ -75,7 +75,7 @@ async def test_one_final_per_utterance_in_order_with_stream_times(servers, eou_c
             assert final.start <= utt["speech_start"] + 0.05 and final.end >= utt["speech_end"] - 0.05
             assert final.end - final.start < (utt["speech_end"] - utt["speech_start"]) + 1.5
             assert all(final.start <= w.start <= w.end <= final.end for w in final.words)
-            if has_trained_model():
+            if model_is_accurate():
                 assert word_accuracy(utt["text"], final.text) >= 0.75, (final.text, utt["text"])
         assert all(a.end <= b.start for a, b in zip(got, got[1:]))
 
@@ -121,12 +121,12 @@ async def test_20_concurrent_sessions_do_not_mix(servers, eou_clips):
         assert got, i
 
 
-async def test_call_path_used_on_modal_gives_the_same_finals(servers, eou_clips, tmp_path_factory):
+async def test_call_path_used_on_modal_gives_the_same_finals(servers, eou_clips):
     """Segmenter → CallBatchTranscriber → BatchCallEndpoint (what Modal wires) == the HTTP path."""
     from services.batch.remote import BatchCallEndpoint
     from services.segmenter.transcriber import CallBatchTranscriber
 
-    model = batch_model(str(tmp_path_factory.mktemp("batch-model")))
+    model = batch_model()
     endpoint = BatchCallEndpoint(model, max_batch=8)
     cfg = SegmenterConfig(token=TOKEN)
     app = create_segmenter_app(cfg, transcribe=CallBatchTranscriber(endpoint.transcribe_pcm))

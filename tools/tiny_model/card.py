@@ -61,6 +61,12 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         f"  no SpecAugment, 2 CPU threads, plain PyTorch loop with the vectorised RNNT loss: {tr['train_minutes']} min",
         f"- seed {tr['seed']}; final train RNNT loss {tr['final_rnnt_loss']}",
     ]
+    stage1 = work / f"train_{kind}_stage1.json"
+    if stage1.exists():
+        s1 = json.loads(stage1.read_text())
+        lines.append(f"- this is stage 2: stage 1 ran {s1['steps']} steps in {s1['train_minutes']} min (lr {s1['lr']},"
+                     f" same data); total {s1['steps'] + tr['steps']} steps,"
+                     f" {s1['train_minutes'] + tr['train_minutes']:.1f} min")
     if kind == "eou":
         lines.append(f"- initialised from {tr.get('init') or 'tiny_rnnt.nemo'} (same BPE pieces; new `<EOU>`/`<EOB>`"
                      " output rows), RNNT loss only")

@@ -35,7 +35,9 @@ def pipeline_config(model_path: str, att_context=(70, 1), batch_size: int = 8):
         "endpointing": {"stop_history_eou": -1, "residue_tokens_at_end": 0},
         "asr_output_granularity": "segment",
         "return_tail_result": False,
-        "confidence": None,
+        "confidence": {"exclude_blank": True, "aggregation": "mean",
+                       "method_cfg": {"name": "max_prob", "entropy_type": "tsallis", "alpha": 0.5,
+                                      "entropy_norm": "exp"}},
         "enable_itn": False,
         "itn": {"batch_size": 1, "n_jobs": 1, "left_padding_size": 0},
         "enable_nmt": False,
@@ -53,7 +55,10 @@ def main() -> None:
     import torch
     from nemo.collections.asr.inference.factory.pipeline_builder import PipelineBuilder
 
-    torch.set_num_threads(2)
+    # One thread: on a shared 2-core machine, 2 OpenMP threads per process made small-op streaming
+    # steps many times slower (threads spin waiting for each other); 1 thread is the fast, safe choice.
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     rows = read_manifest(a.work / "asr" / "test.jsonl")
     if a.limit:
         rows = rows[:a.limit]
