@@ -191,8 +191,11 @@ async def _send_outbox(ws: WebSocket, session, metrics: Metrics) -> None:
     while True:
         event = await session.outbox.get()
         if isinstance(event, Error):
-            await _send_error(ws, metrics, event.code, event.message, FATAL_CLOSE.get(event.code))
-            return
+            close = FATAL_CLOSE.get(event.code)
+            await _send_error(ws, metrics, event.code, event.message, close)
+            if close is not None:
+                return
+            continue
         await ws.send_text(dump(event))
         if isinstance(event, Closed):
             if ws.application_state == WebSocketState.CONNECTED:
