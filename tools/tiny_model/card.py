@@ -58,14 +58,15 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         f"- held-out: {ev['n_heldout']} sentences never seen in training (3-8 words)",
         "", "## Training",
         f"- {tr['steps']} steps, batch {tr['batch']}, AdamW lr {tr['lr']}, {tr['warmup']} warm-up steps then cosine,",
-        f"  no SpecAugment, 2 CPU threads, plain PyTorch loop with the vectorised RNNT loss: {tr['train_minutes']} min",
+        f"  no SpecAugment, {tr.get('threads', 2)} CPU thread(s) on a shared 2-core machine, plain PyTorch loop with",
+        f"  the vectorised RNNT loss: {tr['train_minutes']} min",
         f"- seed {tr['seed']}; final train RNNT loss {tr['final_rnnt_loss']}",
     ]
     stage1 = work / f"train_{kind}_stage1.json"
     if stage1.exists():
         s1 = json.loads(stage1.read_text())
         lines.append(f"- this is stage 2: stage 1 ran {s1['steps']} steps in {s1['train_minutes']} min (lr {s1['lr']},"
-                     f" same data); total {s1['steps'] + tr['steps']} steps,"
+                     f" {s1.get('threads', 2)} thread(s), same data); total {s1['steps'] + tr['steps']} steps,"
                      f" {s1['train_minutes'] + tr['train_minutes']:.1f} min")
     if kind == "eou":
         lines.append(f"- initialised from {tr.get('init') or 'tiny_rnnt.nemo'} (same BPE pieces; new `<EOU>`/`<EOB>`"
@@ -81,7 +82,14 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
                 "eou_at_end_of_paused_pct", "streaming_wer_trailing_silence", "streaming_wer_mid_pause"]:
         if key in ev:
             lines.append(f"| {key} | {ev[key]} | | |")
-    lines += ["", "Examples (reference / offline / streaming):", ""]
+    pc = work / f"pipeline_{nemo.stem}.json"
+    if pc.exists():
+        p = json.loads(pc.read_text())
+        lines.append(f"| streaming WER through NeMo's `CacheAwareRNNTPipeline` (batched, [70,1]) (%) | "
+                     f"{p['pipeline_streaming_wer_160ms']} | | |")
+    lines += ["", "Streaming WER is measured with `conformer_stream_step`, one stream at a time, 160 ms chunks;",
+              "`tools/tiny_model/pipeline_check.py` cross-checks it with NeMo 3.0's cache-aware pipeline.",
+              "", "Examples (reference / offline / streaming):", ""]
     lines += [f"- `{e['ref']}` / `{e['offline']}` / `{e['stream']}`" for e in ev["examples"][:5]]
     lines += ["", "Rebuild: `python tools/tiny_model/make_data.py && python tools/tiny_model/train.py ...`"
               " (see tools/tiny_model/README.md)", ""]

@@ -103,9 +103,9 @@ def eou_times(trace, eou_id: int) -> list[float]:
     return times
 
 
-def eou_metrics(model, work: Path) -> dict:
+def eou_metrics(model, work: Path, limit: int = 0) -> dict:
     eou_id = model.tokenizer.token_to_id(EOU)
-    rows = read_manifest(work / "eou" / "test.jsonl")
+    rows = read_manifest(work / "eou" / "test.jsonl")[:limit or None]
     texts, traces = streaming(model, rows, eou_id)
     lat, ok, early, missed = [], 0, 0, 0
     for r, tr in zip(rows, traces):
@@ -119,7 +119,7 @@ def eou_metrics(model, work: Path) -> dict:
             continue
         lat.append(ts[0] - end)
         ok += ts[0] - end <= 0.5
-    prow = read_manifest(work / "eou" / "test_pause.jsonl")
+    prow = read_manifest(work / "eou" / "test_pause.jsonl")[:limit or None]
     ptexts, ptraces = streaming(model, prow, eou_id)
     false_pause, end_ok = 0, 0
     for r, tr in zip(prow, ptraces):
@@ -167,7 +167,7 @@ def main() -> None:
     res["n_heldout"] = len(rows)
     res["examples"] = [{"ref": r, "offline": o, "stream": s} for r, o, s in list(zip(refs, off, st))[:8]]
     if a.kind == "eou":
-        res.update(eou_metrics(model, a.work))
+        res.update(eou_metrics(model, a.work, a.limit))
     res["eval_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(res, indent=1))
     (a.work / f"eval_{a.kind}.json").write_text(json.dumps(res, indent=1))
