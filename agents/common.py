@@ -6,7 +6,8 @@ import os
 import sys
 from typing import TextIO
 
-from pipecat.frames.frames import Frame, InterimTranscriptionFrame, TranscriptionFrame
+from pipecat.frames.frames import Frame, InterimTranscriptionFrame, MetricsFrame, TranscriptionFrame
+from pipecat.metrics.metrics import ProcessingMetricsData
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_nvasr import NemotronSTTService
@@ -32,6 +33,7 @@ class TranscriptPrinter(FrameProcessor):
         self.interims = interims
         self.finals: list[TranscriptionFrame] = []
         self._last_interim = ""
+        self._finalize_ms = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -46,8 +48,17 @@ class TranscriptPrinter(FrameProcessor):
             result = frame.result
             if result is not None and hasattr(result, "start"):
                 span = f"[{result.start:6.2f}–{result.end:6.2f}s] "
-            mark = "  (finalized on VAD stop)" if frame.finalized else ""
+            mark = ""
+            if frame.finalized:
+                latency = self._finalize_ms
+                mark = "  (finalized on VAD stop" + (f", {latency:.0f} ms after `finalize`)" if latency else ")")
+                self._finalize_ms = None
             print(f"FINAL {span}{frame.text}{mark}", file=self.out, flush=True)
+        elif isinstance(frame, MetricsFrame):
+            # The STT's finalize round trip. A system frame, so it overtakes the transcript.
+            for data in frame.data:
+                if isinstance(data, ProcessingMetricsData) and data.value > 0 and "STT" in data.processor:
+                    self._finalize_ms = data.value * 1000
         await self.push_frame(frame, direction)
 
 

@@ -152,7 +152,7 @@ async def transcribe_file(url: str, token: str | None, path: Path, speed: float)
     pipeline = Pipeline([FileSource(), VADProcessor(vad_analyzer=SileroVADAnalyzer()), stt, printer])
     worker = PipelineWorker(
         pipeline,
-        params=PipelineParams(audio_in_sample_rate=rate),
+        params=PipelineParams(audio_in_sample_rate=rate, enable_metrics=True),
         idle_timeout_secs=None,
         processor_unusable_policy=ProcessorUnusablePolicy.END,
     )

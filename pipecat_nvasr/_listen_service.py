@@ -384,7 +384,6 @@ class NvasrListenSTTService(WebsocketSTTService):
         """Mirrors Deepgram's `from_finalize` handling in Pipecat 1.14."""
         if final.from_finalize:
             self.confirm_finalize()
-            await self.stop_processing_metrics()
         if final.text:
             # Usage before the transcript, so tracing can attach it to the span it closes.
             await self.emit_stt_usage_metrics()
@@ -397,6 +396,8 @@ class NvasrListenSTTService(WebsocketSTTService):
             # The words already went out in an earlier final; report TTFB now.
             await self.stop_ttfb_metrics()
             await self._cancel_ttfb_timeout()
+        if final.from_finalize:
+            await self.stop_processing_metrics()  # the finalize round trip
 
     async def _on_error(self, error: Error):
         category = ERROR_CATEGORIES.get(error.code, ErrorCategory.UNKNOWN)

@@ -56,13 +56,13 @@ def test_local_pipeline_main_job_prints_finals_and_exits_0(request):
     )
     out = result.stdout
     assert result.returncode == 0, out[-2000:] + result.stderr[-3000:]
-    finals = re.findall(r"^FINAL \[.*?\] (.*?)(?:  \(finalized on VAD stop\))?$", out, re.M)
+    finals = re.findall(r"^FINAL \[.*?\] (.*?)(?:  \(finalized on VAD stop.*\))?$", out, re.M)
     assert finals, out[-2000:]
     assert "worker ready on ws://127.0.0.1:" in out
     assert re.search(r"done: \d+ final transcript\(s\), 0 error\(s\)", out)
     if trained.exists():
         assert "could not be downloaded" in out  # the fallback is announced, not silent
-        assert "(finalized on VAD stop)" in out
+        assert "(finalized on VAD stop" in out
         spoken = set((ASSETS / "demo.txt").read_text().lower().split())
         heard = set(re.sub(r"[^a-z' ]", " ", " ".join(finals).lower()).split())
         assert len(spoken & heard) >= 0.8 * len(spoken), (heard, spoken)

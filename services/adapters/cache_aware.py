@@ -67,8 +67,10 @@ def pipeline_config(
             "request_type": "frame",
             "chunk_size_in_secs": None,
         },
-        # NeMo ends an utterance after this much trailing silence (blank run)
-        "endpointing": {"stop_history_eou": endpoint_silence_ms, "residue_tokens_at_end": 2},
+        # NeMo ends an utterance after this much trailing silence (blank run). Residue tokens
+        # must stay 0: with a residue, a first token landing in the last slot of a blank-filled
+        # label buffer is skipped by the check and the utterance ends after its first piece.
+        "endpointing": {"stop_history_eou": endpoint_silence_ms, "residue_tokens_at_end": 0},
         "enable_itn": False,
         "enable_nmt": False,
         "asr_output_granularity": "word",

@@ -99,9 +99,12 @@ def build(work: Path, seed: int, n_train: int, n_test: int, n_eou: int, parts=("
         _write([mk(100_000 + i, t, "te") for i, t in enumerate(test)], work / "asr" / "test.jsonl")
     if "eou" in parts:
         build_eou(work, seed, eou_train, test)
+    if "eou2" in parts:  # stage-2 mix: more pauses, <EOU> needed only 0.45-0.6 s after the speech
+        build_eou(work, seed + 5, eou_train[::-1], None, name="eou2", p_pause=0.5, short_tail=(0.45, 0.6))
 
 
-def build_eou(work: Path, seed: int, eou_train: list[str], test: list[str]) -> None:
+def build_eou(work: Path, seed: int, eou_train: list[str], test: list[str] | None, name: str = "eou",
+              p_pause: float = 0.3, short_tail: tuple[float, float] = (0.35, 0.5)) -> None:
     """EOU clips: 55 % one utterance, 30 % one utterance with a mid-sentence pause, 15 % two utterances.
 
     Half the clips end 0.35-0.5 s after the speech (so <EOU> must come within that), half have 0.6-1.5 s
@@ -109,19 +112,21 @@ def build_eou(work: Path, seed: int, eou_train: list[str], test: list[str]) -> N
     (PAUSE, 120-300 ms) carry no <EOU>: the model learns to wait a little longer than a pause.
     """
     r = random.Random(seed + 2)
-    d = work / "eou" / "wav"
+    d = work / name / "wav"
     d.mkdir(parents=True, exist_ok=True)
     jobs, it = [], iter(eou_train)
     for i in range(len(eou_train) // 2):
         text, c = next(it), r.random()
-        parts = split_pause(text, r) if 0.55 <= c < 0.85 else None
+        parts = split_pause(text, r) if 0.85 - p_pause <= c < 0.85 else None
         if parts is None:
             parts = [(r.uniform(0.1, 0.4), text)]
             if c >= 0.85:
                 parts.append((r.uniform(0.8, 1.5), next(it)))
-        tail = r.uniform(0.35, 0.5) if r.random() < 0.5 else r.uniform(0.6, 1.5)
+        tail = r.uniform(*short_tail) if r.random() < 0.5 else r.uniform(0.6, 1.5)
         jobs.append((parts, tail, seed * 2_000_003 + i, d / f"tr_{i:05d}.wav"))
-    _write(jobs, work / "eou" / "train.jsonl")
+    _write(jobs, work / name / "train.jsonl")
+    if test is None:
+        return
     _write([([(0.3, t)], 1.0, seed * 3_000_017 + i, d / f"te_{i:05d}.wav") for i, t in enumerate(test)],
            work / "eou" / "test.jsonl")
     pause_jobs = []

@@ -45,11 +45,45 @@ def clean(text: str) -> str:
     return " ".join(w for w in text.replace(EOU, " ").replace("<EOB>", " ").split())
 
 
+@torch.inference_mode()
+def offline_direct(model, rows: list[dict], eou_id: int, batch_size: int = 16) -> list[str]:
+    """Full-utterance RNNT greedy decoding without transcribe() (the EOU model has no validation_ds,
+    which transcribe() needs). Audio is decoded one batch at a time, <EOU>/<EOB> removed."""
+    texts = []
+    for i in range(0, len(rows), batch_size):
+        xs = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows[i:i + batch_size]]
+        audio = torch.zeros(len(xs), max(len(x) for x in xs))
+        for k, x in enumerate(xs):
+            audio[k, :len(x)] = torch.from_numpy(x)
+        enc, enc_len = model.forward(input_signal=audio, input_signal_length=torch.tensor([len(x) for x in xs]))
+        hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
+        for h in hyps:
+            ids = [int(t) for t in h.y_sequence if int(t) < eou_id]
+            texts.append(clean(model.tokenizer.ids_to_text(ids)))
+    return texts
+
+
 def offline(model, rows: list[dict], batch_size: int = 32) -> list[str]:
+    if EOU in model.tokenizer.vocab:
+        return offline_direct(model, rows, model.tokenizer.token_to_id(EOU))
     out = model.transcribe([r["audio_filepath"] for r in rows], batch_size=batch_size, verbose=False)
     if isinstance(out, tuple):
         out = out[0]
     return [clean(h.text if hasattr(h, "text") else h) for h in out]
+
+
+def streaming_decoding(model) -> None:
+    """EncDecRNNTBPEEOUModel forces decoding.compute_timestamps (and preserve_alignments) on at every
+    construction, restore_from included; then the streaming step's Hypothesis.merge_ fails (timestamps
+    become a dict). Turn both off before streaming."""
+    from omegaconf import open_dict
+
+    if model.cfg.decoding.get("compute_timestamps") or model.cfg.decoding.get("preserve_alignments"):
+        dc = model.cfg.decoding.copy()
+        with open_dict(dc):
+            dc.compute_timestamps = False
+            dc.preserve_alignments = False
+        model.change_decoding_strategy(dc, verbose=False)
 
 
 @torch.inference_mode()
@@ -57,6 +91,7 @@ def stream(model, audio: np.ndarray, att_context=(70, 1)):
     """Run one stream chunk by chunk. Returns (token ids, [(chunk_end_seconds, ids_so_far), ...])."""
     from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
 
+    streaming_decoding(model)
     model.encoder.set_default_att_context_size(list(att_context))
     model.encoder.setup_streaming_params()
     cfg = model.encoder.streaming_cfg

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--assets-only", action="store_true")
-    ap.add_argument("--parts", default="asr,eou", help="which corpora to (re)build: asr,eou")
+    ap.add_argument("--parts", default="asr,eou", help="which corpora to (re)build: asr,eou,eou2")
     a = ap.parse_args()
     make_assets(a.seed)
     if not a.assets_only:

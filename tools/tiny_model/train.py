@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", help="corpus folder under work/ (default: asr, or eou for --kind eou)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -140,7 +141,7 @@ def main() -> None:
         carry_weights(model, a.init)
     tok = model.tokenizer
     eou_id = tok.token_to_id(EOU) if eou else None
-    rows = read_manifest(a.work / ("eou" if eou else "asr") / "train.jsonl")
+    rows = read_manifest(a.work / (a.data or ("eou" if eou else "asr")) / "train.jsonl")
     t0 = time.time()
     data = load_data(rows, tok, eou_id)
     blank = model.decoder.blank_idx
@@ -192,7 +193,7 @@ def main() -> None:
     model.eval()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
-    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads,
+    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads, "data": a.data or ("eou" if eou else "asr"),
             "train_minutes": round(minutes, 1), "utterances": len(data), "hours": round(hours, 2),
             "vocab": tok.vocab_size, "final_rnnt_loss": round(float(np.mean([h[0] for h in hist[-100:]])), 4),
             "seed": a.seed, "size_mb": round(a.out.stat().st_size / 1e6, 2)}
