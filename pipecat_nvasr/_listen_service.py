@@ -37,6 +37,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 from .client import listen_url
 from .protocol import (
     SAMPLE_RATE,
+    SUPPORTED_SAMPLE_RATES,
     BoostPhrase,
     Close,
     CloseCode,
@@ -54,7 +55,6 @@ from .protocol import (
 )
 
 # Rates the worker accepts on the wire (it resamples them itself, see docs/protocol.md).
-WORKER_SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 # Protocol error codes → Pipecat error categories. A permanent category (authentication)
 # marks the service unusable, which is what stops the base class's reconnect loop.
@@ -170,7 +170,7 @@ class NvasrListenSTTService(WebsocketSTTService):
 
     async def setup(self, setup: FrameProcessorSetup):
         await super().setup(setup)
-        if self.sample_rate in WORKER_SAMPLE_RATES:
+        if self.sample_rate in SUPPORTED_SAMPLE_RATES:
             self._wire_rate = self.sample_rate
         else:  # a rate the worker does not take: resample here, to the model rate
             self._wire_rate = SAMPLE_RATE

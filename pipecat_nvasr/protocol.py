@@ -13,6 +13,8 @@ from typing import Any, Optional, Union
 
 PROTOCOL_VERSION = 1
 SAMPLE_RATE = 16000
+# client rates a streaming worker accepts (it resamples them to the model's rate)
+SUPPORTED_SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 LISTEN_PATH = "/v1/listen"
 TRANSCRIBE_PATH = "/v1/audio/transcriptions"
 

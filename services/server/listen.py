@@ -23,6 +23,7 @@ from pipecat_nvasr.protocol import (
     Error,
     ErrorCode,
     Finalize,
+    SUPPORTED_SAMPLE_RATES,
     ProtocolError,
     Ready,
     dump,
@@ -35,7 +36,6 @@ from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 MAX_FRAME_BYTES = 256 * 1024  # 8 s of 16 kHz audio in one frame is plenty
 
 FATAL_CLOSE = {
@@ -94,10 +94,10 @@ async def serve_listen(ws: WebSocket, backend: ListenBackend, token: Optional[st
         rate = int(ws.query_params.get("sample_rate", backend.sample_rate))
     except ValueError:
         rate = -1
-    if rate not in SUPPORTED_RATES:
+    if rate not in SUPPORTED_SAMPLE_RATES:
         await _send_error(
             ws, metrics, ErrorCode.BAD_AUDIO,
-            f"unsupported sample_rate; use one of {list(SUPPORTED_RATES)}", CloseCode.UNSUPPORTED,
+            f"unsupported sample_rate; use one of {list(SUPPORTED_SAMPLE_RATES)}", CloseCode.UNSUPPORTED,
         )
         return
     language = ws.query_params.get("language", "en")
