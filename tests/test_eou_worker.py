@@ -196,26 +196,39 @@ def trained_eou():
     return path
 
 
-def test_trained_model_ends_each_utterance_once_with_low_latency(trained_eou, eou_set):
-    from services.adapters.eou import EOUAdapter
+@pytest.mark.parametrize("chunk_ms", [80, 160])
+def test_trained_model_ends_each_utterance_once_with_low_latency(trained_eou, eou_set, chunk_ms):
+    """Each true utterance is ended by exactly one `<EOU>`, soon after its speech ends.
 
-    adapter = EOUAdapter(str(trained_eou), chunk_ms=160, max_streams=4)
-    latencies, reference, hypothesis = [], [], []
+    At 160 ms the tiny model sometimes hears one word in a file's first chunk of silence and
+    ends it (a model error, not a worker one): such one-word `<EOU>`s before the first
+    utterance's speech has ended are counted as extra, and at most a few are tolerated.
+    """
+    from services.adapters.eou import EOUAdapter
+    from test_nemotron_service import word_accuracy
+
+    adapter = EOUAdapter(str(trained_eou), chunk_ms=chunk_ms, max_streams=4)
+    latencies, reference, hypothesis, extra = [], [], [], []
     for index, item in enumerate(eou_set):
         timeline = eou_timeline(adapter, item["samples"], 1000 + index)
+        assert all(f.end_of_turn for f, _ in timeline[:-1]), "an utterance ended without <EOU>"
         turns = [(f, t) for f, t in timeline if f.end_of_turn]
+        first_end = item["utterances"][0]["speech_end"]
+        extra += [f.text for f, t in turns if t < first_end and len(f.text.split()) == 1]
+        turns = [(f, t) for f, t in turns if not (t < first_end and len(f.text.split()) == 1)]
         assert len(turns) == len(item["utterances"]), (item["audio"], [f.text for f, _ in timeline])
         for (final, emitted), truth in zip(turns, item["utterances"]):
             assert not any(m in final.text for m in MARKERS)
+            assert emitted < truth["speech_end"] + 1.0, "<EOU> too late, or missed and merged"
             latencies.append(emitted - truth["speech_end"])
             reference += words(truth["text"])
             hypothesis += words(final.text)
-    from test_nemotron_service import word_accuracy
-
-    assert word_accuracy(reference, hypothesis) >= 0.8
+    assert word_accuracy(reference, hypothesis) >= 0.85
+    assert len(extra) <= (0 if chunk_ms == 80 else 2), extra
     p50, p90 = np.percentile(latencies, [50, 90])
-    print(f"EOU latency over {len(latencies)} utterances: p50 {p50 * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms")
-    assert min(latencies) > -0.1 and p90 < 1.5  # never well before the speech ends
+    print(f"\n{chunk_ms} ms: end of speech → <EOU> over {len(latencies)} utterances: "
+          f"p50 {p50 * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; extra {extra}")
+    assert min(latencies) > -0.1 and p90 < 0.6  # never well before the speech ends
 
 
 def test_a_marker_in_the_last_chunk_still_flags_the_final(chatty_eou):
