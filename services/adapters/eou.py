@@ -2,8 +2,8 @@
 
 `nvidia/parakeet_realtime_eou_120m-v1` writes `<EOU>` when the speaker has finished an
 utterance and `<EOB>` after a backchannel ("uh-huh"). Everything else is the Nemotron
-path, so this adapter is `CacheAwareRNNTAdapter` with one NeMo hook changed: the
-per-stream greedy step (`run_greedy_decoder`) of the multi-stream pipeline. There, for
+path, so this adapter is `CacheAwareRNNTAdapter` naming its markers through the
+per-utterance pipeline's `end_marker` hook (`utterances.py`, shared with Nemotron): for
 each stream, the step's new tokens are searched for the two markers; on a hit the marker
 is removed from the text, the utterance is ended (NeMo's own final path: words, segments,
 text processing) and that stream's decoder restarts for the next utterance.
@@ -104,42 +104,20 @@ def _eou_pipeline_class(base: type) -> type:
         def init_eou(self, eou_id: int, eob_id: int) -> None:
             self.marker_ids = {eou_id: EOU_PIECE, eob_id: EOB_PIECE}
             self.eou_events: dict[int, str] = {}  # stream → marker that ended its utterance this step
-            self.frames_seen: dict[int, int] = {}  # stream → encoder frames decoded
+            self._marker: Optional[str] = None
 
         def run_greedy_decoder(self, state, request, hyp) -> bool:
-            """NeMo's per-stream step, plus: a marker token ends the utterance and resets the decoder."""
-            sid = request.stream_id
-            frames = self.frames_seen.get(sid, 0) + self.tokens_per_frame
-            self.frames_seen[sid] = frames
-            output, labels, new_offset = self.greedy_rnnt_decoder(
-                global_timestamps=hyp.timestamp,
-                tokens=hyp.y_sequence,
-                length=self.tokens_per_frame,
-                offset=state.offset,
-                confidences=hyp.non_blank_step_confidence_precomputed,
-            )
-            state.set_offset(new_offset)
-            marker = self._strip_markers(output, labels)
-            if state.label_buffer_size:
-                state.update_label_buffer(labels)
-            ended = request.is_last or marker is not None
-            if not ended and state.label_buffer_size:
-                emissions = state.get_label_buffer()
-                ended, _ = self.endpointer.detect_eou_near_pivot(
-                    emissions, len(emissions) - 1, stop_history_eou=state.options.stop_history_eou
-                )
-            state.update_state(output, eou_detected=ended)
-            if marker is not None:
-                self.eou_events[sid] = marker
-            if request.is_last:
-                self.frames_seen.pop(sid, None)
-            elif marker is not None:
-                # next utterance: fresh decoder, same encoder cache, stream time continues
-                state.reset_previous_hypothesis()
-                state.set_offset(0)
-                state.set_global_offset(frames)
-                state.setup_label_buffer(state.label_buffer_size, self.blank_id)
+            """The base step (it restarts the decoder when `end_marker` names a marker);
+            remember which marker ended this stream's utterance, for the adapter."""
+            self._marker = None
+            ended = super().run_greedy_decoder(state, request, hyp)
+            if self._marker is not None:
+                self.eou_events[request.stream_id] = self._marker
             return ended
+
+        def end_marker(self, output: dict, labels: list[int]) -> Optional[str]:
+            self._marker = self._strip_markers(output, labels)
+            return self._marker
 
         def _strip_markers(self, output: dict, labels: list[int]) -> Optional[str]:
             """Remove <EOU>/<EOB> from a step's tokens; return the one seen (<EOU> wins)."""
@@ -154,12 +132,6 @@ def _eou_pipeline_class(base: type) -> type:
             output["last_token_idx"] = output["timesteps"][-1] if keep else None
             labels[:] = [self.blank_id if t in self.marker_ids else t for t in labels]
             return EOU_PIECE if EOU_PIECE in found else EOB_PIECE
-
-        def delete_state(self, stream_id: int) -> None:
-            # NeMo deletes a stream's state inside the step of its last frame; that step's
-            # marker (eou_events) is read and cleared by the adapter afterwards.
-            super().delete_state(stream_id)
-            self.frames_seen.pop(stream_id, None)
 
     EOUCacheAwareRNNTPipeline.__name__ = f"EOU{base.__name__}"
     _classes[base] = EOUCacheAwareRNNTPipeline

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+
 TARGETS = {
     "offline_wer": "<= 10 %",
     "streaming_wer_160ms": "within 2 points of offline",
@@ -52,8 +54,12 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         "- sentences: voice-agent templates + random word strings, 1-8 words, vocabulary in `words.txt`",
     ]
     if kind == "eou":
-        lines += ["- `<EOU>` after every utterance; 60 % clips with 0.6-1.5 s trailing silence, 25 % one utterance",
-                  "  with a 0.2-0.45 s mid-sentence pause (no `<EOU>` there), 15 % two utterances 0.8-1.5 s apart"]
+        lines += ["- `<EOU>` after every utterance. Stage 1 (`work/eou`): 55 % one utterance, 30 % one utterance with",
+                  "  a 0.12-0.3 s mid-sentence pause (no `<EOU>` there), 15 % two utterances 0.8-1.5 s apart; half the",
+                  "  clips end 0.35-0.5 s after the speech, half have 0.6-1.5 s of trailing silence.",
+                  "  Stage 2 (`work/eou2`, new clips): 50 % with a mid-sentence pause, short tails 0.45-0.6 s.",
+                  "- EOU test: held-out sentences with 1 s trailing silence; pause test: the same sentences cut at",
+                  "  a random word boundary with a 0.15-0.3 s pause"]
     lines += [
         f"- held-out: {ev['n_heldout']} sentences never seen in training (3-8 words)",
         "", "## Training",
@@ -62,12 +68,17 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         f"  the vectorised RNNT loss: {tr['train_minutes']} min",
         f"- seed {tr['seed']}; final train RNNT loss {tr['final_rnnt_loss']}",
     ]
-    stage1 = work / f"train_{kind}_stage1.json"
-    if stage1.exists():
-        s1 = json.loads(stage1.read_text())
-        lines.append(f"- this is stage 2: stage 1 ran {s1['steps']} steps in {s1['train_minutes']} min (lr {s1['lr']},"
-                     f" {s1.get('threads', 2)} thread(s), same data); total {s1['steps'] + tr['steps']} steps,"
-                     f" {s1['train_minutes'] + tr['train_minutes']:.1f} min")
+    stages = sorted(work.glob(f"train_{kind}_stage*.json"))
+    if stages:
+        prev = [json.loads(p.read_text()) for p in stages]
+        for i, p in enumerate(prev, 1):
+            lines.append(f"- stage {i}: {p['steps']} steps, {p['train_minutes']} min, lr {p['lr']}, "
+                         f"{p.get('threads', 2)} thread(s), data `{p.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, init {p.get('init')}, "
+                         f"att_context {p.get('context') or 'random [70,6]/[70,1]'}")
+        lines.append(f"- stage {len(prev) + 1} (the committed model): the run described above, data "
+                     f"`{tr.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, att_context {tr.get('context') or 'random [70,6]/[70,1]'}")
+        lines.append(f"- total: {sum(p['steps'] for p in prev) + tr['steps']} steps, "
+                     f"{sum(p['train_minutes'] for p in prev) + tr['train_minutes']:.1f} min")
     if kind == "eou":
         lines.append(f"- initialised from {tr.get('init') or 'tiny_rnnt.nemo'} (same BPE pieces; new `<EOU>`/`<EOB>`"
                      " output rows), RNNT loss only")
@@ -93,6 +104,9 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
     lines += [f"- `{e['ref']}` / `{e['offline']}` / `{e['stream']}`" for e in ev["examples"][:5]]
     lines += ["", "Rebuild: `python tools/tiny_model/make_data.py && python tools/tiny_model/train.py ...`"
               " (see tools/tiny_model/README.md)", ""]
+    notes = HERE / f"notes_{kind}.md"
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
     out = nemo.with_suffix(".md")
     out.write_text("\n".join(lines))
     return out

@@ -120,6 +120,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--context", help="train only this att_context, e.g. 70,1 (the EOU worker's); the saved "
+                    "model keeps both. With [70,6] in training the model sees 560 ms ahead and learns to tell a "
+                    "pause from the end by looking ahead, which it cannot do when streaming at [70,1].")
     ap.add_argument("--data", help="corpus folder under work/ (default: asr, or eou for --kind eou)")
     a = ap.parse_args()
 
@@ -139,6 +142,10 @@ def main() -> None:
     model = build_model(tok_dir, eou=eou)
     if a.init:
         carry_weights(model, a.init)
+    if a.context:
+        want = [int(v) for v in a.context.split(",")]
+        model.encoder.att_context_probs = [float(list(c) == want) for c in model.encoder.att_context_size_all]
+        assert sum(model.encoder.att_context_probs) == 1.0, model.encoder.att_context_size_all
     tok = model.tokenizer
     eou_id = tok.token_to_id(EOU) if eou else None
     rows = read_manifest(a.work / (a.data or ("eou" if eou else "asr")) / "train.jsonl")
@@ -193,7 +200,7 @@ def main() -> None:
     model.eval()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
-    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads, "data": a.data or ("eou" if eou else "asr"),
+    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads, "data": a.data or ("eou" if eou else "asr"), "context": a.context,
             "train_minutes": round(minutes, 1), "utterances": len(data), "hours": round(hours, 2),
             "vocab": tok.vocab_size, "final_rnnt_loss": round(float(np.mean([h[0] for h in hist[-100:]])), 4),
             "seed": a.seed, "size_mb": round(a.out.stat().st_size / 1e6, 2)}
