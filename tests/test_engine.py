@@ -194,3 +194,24 @@ async def test_boost_phrases_apply_to_their_stream_only(adapter):
     assert mixed[1] != plain[1] and "pizza" in mixed[1]
     assert mixed[2] != plain[2] and "pizza" in mixed[2]
     assert adapter.active_streams() == 0
+
+
+async def test_flush_on_a_chunk_boundary_does_not_depend_on_close_timing(adapter):
+    audio = noise_audio(77, 4 * adapter.chunk_samples / 16000)  # exactly four chunks
+
+    async def run(close_early: bool):
+        engine = EngineCore(adapter)
+        await engine.start()
+        session = engine.open()
+        engine.append(session, audio)
+        if not close_early:
+            while session._consumed < len(audio):
+                await asyncio.sleep(0.01)
+        engine.close(session)
+        events = [await asyncio.wait_for(session.outbox.get(), 30)]
+        while not isinstance(events[-1], Closed):
+            events.append(await asyncio.wait_for(session.outbox.get(), 30))
+        await engine.stop()
+        return events
+
+    assert await run(close_early=True) == await run(close_early=False)

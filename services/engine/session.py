@@ -100,7 +100,9 @@ class Session:
         """Cut this session's input for the next step, or None if a flush needs no model call."""
         flush_at = self._flushes[0][0] if self._flushes else None
         take = chunk if flush_at is None else min(chunk, flush_at - self._consumed)
-        is_last = flush_at is not None and self._consumed + take == flush_at
+        # A full chunk is never a last chunk: a flush that lands on a chunk boundary ends with
+        # an empty last chunk, so results do not depend on whether close came before or after it.
+        is_last = flush_at is not None and self._consumed + take == flush_at and take < chunk
         if is_last and self.stream_id is None and take == 0:
             return None  # nothing was said since the last utterance ended
         samples = self._take(take)
