@@ -82,29 +82,10 @@ def _warmup_samples():
     return read_audio(WARMUP_AUDIO, 16000)
 
 
-@app.cls(
-    gpu=GPU,
-    image=image,
-    volumes={CACHE_DIR: weights},
-    secrets=[auth],
-    timeout=SESSION_TIMEOUT_S,
-    scaledown_window=300,
-    enable_memory_snapshot=True,
-    experimental_options={"enable_gpu_snapshot": True},
-)
-@modal.concurrent(max_inputs=NEMOTRON_SESSIONS, target_inputs=int(NEMOTRON_SESSIONS * 0.75))
-class Nemotron:
-    """Cache-aware streaming Nemotron: every session of this container shares one GPU batch loop."""
+class _StreamingWorker:
+    """Shared shell of the streaming classes: load + warm in the snapshot, serve after restore."""
 
-    config = dict(
-        worker="nemotron",
-        model=NEMOTRON_MODEL,
-        device=DEVICE,
-        chunk_ms=NEMOTRON_CHUNK_MS,
-        max_sessions=NEMOTRON_SESSIONS,
-        max_batch=256,
-        warmup=False,
-    )
+    config: dict = {}
 
     @modal.enter(snap=True)
     def load(self) -> None:
@@ -127,18 +108,42 @@ class Nemotron:
         return self.asgi
 
 
-@app.cls(
-    gpu=REALTIME_GPU,
-    image=image,
-    volumes={CACHE_DIR: weights},
-    secrets=[auth],
-    timeout=SESSION_TIMEOUT_S,
-    scaledown_window=300,
-    enable_memory_snapshot=True,
-    experimental_options={"enable_gpu_snapshot": True},
-)
-@modal.concurrent(max_inputs=REALTIME_SESSIONS, target_inputs=int(REALTIME_SESSIONS * 0.75))
-class ParakeetRealtime:
+def _streaming_cls(gpu: str, sessions: int):
+    """The Modal options every streaming worker shares; sessions per container is its knob."""
+
+    def wrap(cls):
+        cls = modal.concurrent(max_inputs=sessions, target_inputs=int(sessions * 0.75))(cls)
+        return app.cls(
+            gpu=gpu,
+            image=image,
+            volumes={CACHE_DIR: weights},
+            secrets=[auth],
+            timeout=SESSION_TIMEOUT_S,
+            scaledown_window=300,
+            enable_memory_snapshot=True,
+            experimental_options={"enable_gpu_snapshot": True},
+        )(cls)
+
+    return wrap
+
+
+@_streaming_cls(GPU, NEMOTRON_SESSIONS)
+class Nemotron(_StreamingWorker):
+    """Cache-aware streaming Nemotron: every session of this container shares one GPU batch loop."""
+
+    config = dict(
+        worker="nemotron",
+        model=NEMOTRON_MODEL,
+        device=DEVICE,
+        chunk_ms=NEMOTRON_CHUNK_MS,
+        max_sessions=NEMOTRON_SESSIONS,
+        max_batch=256,
+        warmup=False,
+    )
+
+
+@_streaming_cls(REALTIME_GPU, REALTIME_SESSIONS)
+class ParakeetRealtime(_StreamingWorker):
     """Parakeet realtime EOU on the same engine as Nemotron; its `<EOU>` ends the user's turn."""
 
     config = dict(
@@ -150,24 +155,6 @@ class ParakeetRealtime:
         max_batch=256,
         warmup=False,
     )
-
-    @modal.enter(snap=True)
-    def load(self) -> None:
-        from services.streaming_worker import StreamingConfig, load_adapter
-
-        self.adapter = load_adapter(StreamingConfig(**self.config))
-        self.adapter.warmup(_warmup_samples())
-
-    @modal.enter(snap=False)
-    def serve(self) -> None:
-        from services.streaming_worker import StreamingConfig, create_streaming_app
-
-        cfg = StreamingConfig(**self.config, token=os.environ["NVASR_TOKEN"])
-        self.asgi = create_streaming_app(cfg, adapter=self.adapter)
-
-    @modal.asgi_app()
-    def web(self):
-        return self.asgi
 
 
 # The segmenter needs no GPU, torch or NeMo: Silero VAD runs on onnxruntime inside pipecat-ai.
