@@ -260,3 +260,16 @@ def test_modal_parakeet_class_serves_the_batch_app(tmp_path, monkeypatch):
             assert r.status_code == 200
     finally:
         sys.modules.pop("modal_deploy", None)
+
+
+async def test_held_out_speech_comes_back_as_the_right_words(server):
+    """Real words through the HTTP API, concurrently: the trained model's held-out accuracy."""
+    items = heldout()
+    async with httpx.AsyncClient(base_url=server.http, headers=AUTH, timeout=120) as client:
+        replies = await asyncio.gather(*(
+            client.post("/v1/audio/transcriptions", files={"file": ("h.wav", encode(i["samples"], 16000, "wav"))})
+            for i in items
+        ))
+    assert all(r.status_code == 200 for r in replies)
+    scores = [word_accuracy(i["text"], r.json()["text"]) for i, r in zip(items, replies)]
+    assert sum(scores) / len(scores) >= 0.8, [r.json()["text"] for r in replies]
