@@ -30,11 +30,19 @@ from model import EOU, build_model, eou_tokenizer, train_tokenizer  # noqa: E402
 from rnnt_loss import rnnt_loss  # noqa: E402
 
 
-def load_data(rows: list[dict], tok, eou_id: int | None):
-    """Audio as int16 arrays in memory + token ids (with <EOU> after each utterance for the EOU model)."""
+def load_data(rows: list[dict], tok, eou_id: int | None, silent_lead: float = 0.0, seed: int = 0):
+    """Audio as int16 arrays in memory + token ids (with <EOU> after each utterance for the EOU model).
+
+    `silent_lead`: the share of clips given 0.1-0.6 s of digital silence in front. A streaming
+    pipeline pads a stream's first features with digital-silence log-mels, which noisy
+    synthetic clips never contain; without this the model writes a word into that padding.
+    """
     data = []
+    rng = random.Random(seed)
     for r in rows:
         x, _ = sf.read(r["audio_filepath"], dtype="int16")
+        if silent_lead and rng.random() < silent_lead:
+            x = np.concatenate([np.zeros(int(16000 * rng.uniform(0.1, 0.6)), dtype=np.int16), x])
         if eou_id is None:
             ids = tok.text_to_ids(r["text"])
         else:
@@ -123,6 +131,8 @@ def main() -> None:
     ap.add_argument("--context", help="train only this att_context, e.g. 70,1 (the EOU worker's); the saved "
                     "model keeps both. With [70,6] in training the model sees 560 ms ahead and learns to tell a "
                     "pause from the end by looking ahead, which it cannot do when streaming at [70,1].")
+    ap.add_argument("--silent-lead", type=float, default=0.0,
+                    help="share of clips prefixed with 0.1-0.6 s of digital silence (see load_data)")
     ap.add_argument("--data", help="corpus folder under work/ (default: asr, or eou for --kind eou)")
     a = ap.parse_args()
 
@@ -150,7 +160,7 @@ def main() -> None:
     eou_id = tok.token_to_id(EOU) if eou else None
     rows = read_manifest(a.work / (a.data or ("eou" if eou else "asr")) / "train.jsonl")
     t0 = time.time()
-    data = load_data(rows, tok, eou_id)
+    data = load_data(rows, tok, eou_id, silent_lead=a.silent_lead, seed=a.seed)
     blank = model.decoder.blank_idx
     hours = sum(len(x) for x, _ in data) / 16000 / 3600
     print(f"{len(data)} utterances, {hours:.2f} h, vocab {tok.vocab_size}, blank {blank}, "
