@@ -11,7 +11,6 @@ the stream's slots (NeMo frees them only on a last frame).
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import numpy as np
 
@@ -245,9 +244,3 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         if partial and not item.is_last:
             result.partial = Partial(text=partial, start=self._utterance_start.get(sid, 0.0), end=now)
         return result
-
-
-def load(model: str, chunk_ms: int, max_streams: int, device: str, dtype: Optional[str] = None):
-    """Build the adapter on the device's natural precision (bf16 on CUDA, fp32 on CPU)."""
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    return CacheAwareRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams, device=device, dtype=dtype)

@@ -136,8 +136,3 @@ def _eou_pipeline_class(base: type) -> type:
     EOUCacheAwareRNNTPipeline.__name__ = f"EOU{base.__name__}"
     _classes[base] = EOUCacheAwareRNNTPipeline
     return EOUCacheAwareRNNTPipeline
-
-
-def load(model: str, chunk_ms: int, max_streams: int, device: str, dtype: Optional[str] = None) -> EOUAdapter:
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    return EOUAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams, device=device, dtype=dtype)
