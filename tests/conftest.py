@@ -57,18 +57,33 @@ def trained_rnnt() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def heldout() -> list[dict]:
-    """Held-out utterances: [{'audio': Path, 'text': str, 'samples': float32 array}]."""
+def clip_set(folder: str) -> list[dict]:
+    """A committed clip folder's manifest entries, each with its 16 kHz float32 `samples` loaded."""
     import soundfile as sf
 
-    base = ASSETS / "heldout"
-    items = json.loads((base / "manifest.json").read_text())
+    items = json.loads((ASSETS / folder / "manifest.json").read_text())
     for item in items:
-        audio, rate = sf.read(base / item["audio"], dtype="float32")
+        item["samples"], rate = sf.read(ASSETS / folder / item["audio"], dtype="float32")
         assert rate == 16000
-        item["samples"] = audio
     return items
+
+
+@pytest.fixture(scope="session")
+def heldout() -> list[dict]:
+    """Held-out utterances, one per clip: [{'audio': file name, 'text': str, 'samples': ...}]."""
+    return clip_set("heldout")
+
+
+@pytest.fixture(scope="session")
+def eou_set() -> list[dict]:
+    """Clips of 2-3 held-out utterances ~1.2 s apart, with each utterance's true speech end."""
+    return clip_set("eou")
+
+
+@pytest.fixture(scope="session")
+def pause_set() -> list[dict]:
+    """Held-out sentences cut by one 0.15-0.3 s mid-sentence pause: each is one turn."""
+    return clip_set("pause")
 
 
 def noise_audio(seed: int, seconds: float) -> np.ndarray:

@@ -160,18 +160,6 @@ def trained_worker():
         yield server
 
 
-@pytest.fixture(scope="module")
-def eou_set():
-    import json
-
-    import soundfile as sf
-
-    items = json.loads((ASSETS / "eou" / "manifest.json").read_text())
-    for item in items:
-        item["samples"], _ = sf.read(ASSETS / "eou" / item["audio"], dtype="float32")
-    return items
-
-
 def eou_latency_metric(server) -> tuple[float, float]:
     import httpx
 
@@ -195,6 +183,16 @@ async def test_speech_with_pauses_gives_one_turn_per_utterance(trained_worker, e
     count, total = (a - b for a, b in zip(eou_latency_metric(trained_worker), before))
     assert count == sum(len(item["utterances"]) for item in eou_set[:3])
     print(f"mean EOU latency (last word end → <EOU>, stream time): {1000 * total / count:.0f} ms")
+
+
+async def test_a_mid_sentence_pause_does_not_end_the_user_turn(trained_worker, pause_set):
+    """A sentence with a 150-300 ms pause in it is one user turn holding all of its words."""
+    from test_nemotron_service import word_accuracy
+
+    for item in pause_set[:3]:
+        turns, _, _ = await run_turns(trained_worker, audio_frames(item["samples"]))
+        assert len(turns) == 1, (item["audio"], item["text"], turns)
+        assert word_accuracy(words(item["text"]), words(turns[0][1])) >= 0.6, (turns, item["text"])
 
 
 async def test_with_silero_vad_too_each_utterance_is_still_one_turn(trained_worker, eou_set):

@@ -59,6 +59,10 @@ def test_assets_are_16k_mono_s16_with_manifests():
         utts = r["utterances"]
         assert 2 <= len(utts) <= 3
         assert all(a["speech_end"] + 1.0 < b["speech_start"] for a, b in zip(utts, utts[1:]))
+    for r in json.loads((ASSETS / "pause" / "manifest.json").read_text()):
+        start, end = r["pause"]
+        assert 0.15 <= end - start <= 0.31 and end < r["speech_end"] < sf.info(str(ASSETS / "pause" / r["audio"])).duration
+        assert len(r["text"].split()) >= 3 and set(r["text"].split()) <= words
     assert sf.info(str(ASSETS / "demo.wav")).samplerate == 16000
     assert len((ASSETS / "demo.txt").read_text().split("\n")) >= 3
 

@@ -51,6 +51,9 @@ def utterance_pipeline_class(base: type) -> type:
                 confidences=hyp.non_blank_step_confidence_precomputed,
             )
             state.set_offset(new_offset)
+            # max_prob confidence is exp(log-prob), which float rounding can put a hair above 1 on a
+            # very sure token; NeMo's word builder then raises and the whole batch's step would fail.
+            output["confidences"] = [min(1.0, max(0.0, float(c))) for c in output["confidences"]]
             marker = self.end_marker(output, labels)
             ended = request.is_last or marker is not None or self._silence_ends(sid, state, output, labels)
             state.update_state(output, eou_detected=ended)

@@ -28,6 +28,11 @@ def _mark(key: str, v, res: dict) -> str:
     return ""
 
 
+def _lead(run: dict) -> str:
+    share = run.get("silent_lead")
+    return f", {share:.0%} of clips with 0.1-0.6 s of digital silence in front" if share else ""
+
+
 def write_card(kind: str, nemo: Path, work: Path) -> Path:
     tr = json.loads((work / f"train_{kind}.json").read_text())
     ev = json.loads((work / f"eval_{kind}.json").read_text())
@@ -54,16 +59,18 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         "- sentences: voice-agent templates + random word strings, 1-8 words, vocabulary in `words.txt`",
     ]
     if kind == "eou":
-        lines += ["- `<EOU>` after every utterance. Stage 1 (`work/eou`): 55 % one utterance, 30 % one utterance with",
-                  "  a 0.12-0.3 s mid-sentence pause (no `<EOU>` there), 15 % two utterances 0.8-1.5 s apart; half the",
-                  "  clips end 0.35-0.5 s after the speech, half have 0.6-1.5 s of trailing silence.",
-                  "  Stage 2 (`work/eou2`, new clips): 50 % with a mid-sentence pause, short tails 0.45-0.6 s.",
+        lines += ["- `<EOU>` where each turn ends (manifest field `eou_after`), never at a mid-sentence pause.",
+                  "  `work/eou`: 55 % one utterance, 30 % one utterance with a 0.12-0.3 s mid-sentence pause,",
+                  "  15 % two utterances 0.8-1.5 s apart; half the clips end 0.35-0.5 s after the speech (so `<EOU>`",
+                  "  must come by then), half have 0.6-1.5 s of trailing silence. `work/eou2` (other sentences and",
+                  "  clips): 50 % with a mid-sentence pause, short tails 0.45-0.6 s.",
                   "- EOU test: held-out sentences with 1 s trailing silence; pause test: the same sentences cut at",
                   "  a random word boundary with a 0.15-0.3 s pause"]
     lines += [
         f"- held-out: {ev['n_heldout']} sentences never seen in training (3-8 words)",
         "", "## Training",
-        f"- {tr['steps']} steps, batch {tr['batch']}, AdamW lr {tr['lr']}, {tr['warmup']} warm-up steps then cosine,",
+        f"- {'last stage: ' if list(work.glob(f'train_{kind}_stage*.json')) else ''}"
+        f"{tr['steps']} steps, batch {tr['batch']}, AdamW lr {tr['lr']}, {tr['warmup']} warm-up steps then cosine,",
         f"  no SpecAugment, {tr.get('threads', 2)} CPU thread(s) on a shared 2-core machine, plain PyTorch loop with",
         f"  the vectorised RNNT loss: {tr['train_minutes']} min",
         f"- seed {tr['seed']}; final train RNNT loss {tr['final_rnnt_loss']}",
@@ -73,10 +80,12 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         prev = [json.loads(p.read_text()) for p in stages]
         for i, p in enumerate(prev, 1):
             lines.append(f"- stage {i}: {p['steps']} steps, {p['train_minutes']} min, lr {p['lr']}, "
-                         f"{p.get('threads', 2)} thread(s), data `{p.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, init {p.get('init')}, "
-                         f"att_context {p.get('context') or 'random [70,6]/[70,1]'}")
+                         f"warm-up {p['warmup']}, seed {p['seed']}, {p.get('threads', 2)} thread(s), "
+                         f"data `{p.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, init {p.get('init')}, "
+                         f"att_context {p.get('context') or 'random [70,6]/[70,1]'}{_lead(p)}")
         lines.append(f"- stage {len(prev) + 1} (the committed model): the run described above, data "
-                     f"`{tr.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, att_context {tr.get('context') or 'random [70,6]/[70,1]'}")
+                     f"`{tr.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, init {tr.get('init')}, "
+                     f"att_context {tr.get('context') or 'random [70,6]/[70,1]'}{_lead(tr)}")
         lines.append(f"- total: {sum(p['steps'] for p in prev) + tr['steps']} steps, "
                      f"{sum(p['train_minutes'] for p in prev) + tr['train_minutes']:.1f} min")
     if kind == "eou":

@@ -5,7 +5,9 @@ Layout under tools/tiny_model/work/ (gitignored, rebuilt by this script):
   eou/train.jsonl             short/long trailing silence, mid-sentence pauses, 2-utterance clips
   eou/{test,test_pause}.jsonl held-out sentences: trailing silence / one mid-sentence pause
 Every manifest line is NeMo style (audio_filepath, duration, text) plus the true speech boundaries
-(`segments`: [[start, end, text], ...] in seconds) measured from espeak's own output, not guessed.
+(`segments`: [[start, end, text], ...] in seconds) measured from espeak's own output, not guessed, and
+`eou_after` (one flag per segment): whether the user's turn ends there. A mid-sentence pause splits one
+utterance into two segments, the first of which does not end the turn.
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ def synth(text: str, r: random.Random) -> np.ndarray:
     return x[loud[0]: loud[-1] + 1]
 
 
-def render(parts: list[tuple[float, str]], tail: float, seed: int, path: Path) -> dict:
+def render(parts: list[tuple[float, str]], tail: float, seed: int, path: Path, paused: bool = False) -> dict:
     """Write one clip: for each (silence_before, text) the silence then the speech, then `tail` s.
 
+    `paused`: the parts are one utterance cut by mid-sentence pauses, so only the last ends the turn.
     Returns the manifest entry with exact speech boundaries. Light white noise (SNR 25-45 dB) and a
     random gain make the silences not digitally silent.
     """
@@ -60,7 +63,8 @@ def render(parts: list[tuple[float, str]], tail: float, seed: int, path: Path) -
     x = np.clip(x, -1, 1)
     sf.write(path, x, SR, subtype="PCM_16")
     return {"audio_filepath": str(path), "duration": round(len(x) / SR, 4),
-            "text": " ".join(s[2] for s in segments), "segments": segments}
+            "text": " ".join(s[2] for s in segments), "segments": segments,
+            "eou_after": [not paused or i == len(segments) - 1 for i in range(len(segments))]}
 
 
 def _job(args):
@@ -99,7 +103,7 @@ def build(work: Path, seed: int, n_train: int, n_test: int, n_eou: int, parts=("
         _write([mk(100_000 + i, t, "te") for i, t in enumerate(test)], work / "asr" / "test.jsonl")
     if "eou" in parts:
         build_eou(work, seed, eou_train, test)
-    if "eou2" in parts:  # stage-2 mix: more pauses, <EOU> needed only 0.45-0.6 s after the speech
+    if "eou2" in parts:  # a second mix: more pauses, <EOU> needed only 0.45-0.6 s after the speech
         build_eou(work, seed + 5, eou_train[::-1], None, name="eou2", p_pause=0.5, short_tail=(0.45, 0.6))
 
 
@@ -118,12 +122,13 @@ def build_eou(work: Path, seed: int, eou_train: list[str], test: list[str] | Non
     for i in range(len(eou_train) // 2):
         text, c = next(it), r.random()
         parts = split_pause(text, r) if 0.85 - p_pause <= c < 0.85 else None
+        paused = parts is not None
         if parts is None:
             parts = [(r.uniform(0.1, 0.4), text)]
             if c >= 0.85:
                 parts.append((r.uniform(0.8, 1.5), next(it)))
         tail = r.uniform(*short_tail) if r.random() < 0.5 else r.uniform(0.6, 1.5)
-        jobs.append((parts, tail, seed * 2_000_003 + i, d / f"tr_{i:05d}.wav"))
+        jobs.append((parts, tail, seed * 2_000_003 + i, d / f"tr_{i:05d}.wav", paused))
     _write(jobs, work / name / "train.jsonl")
     if test is None:
         return
@@ -133,7 +138,7 @@ def build_eou(work: Path, seed: int, eou_train: list[str], test: list[str] | Non
     for i, t in enumerate(test):
         parts = split_pause(t, r)
         parts = [(0.3, parts[0][1]), (r.uniform(0.15, PAUSE[1]), parts[1][1])]
-        pause_jobs.append((parts, 1.0, seed * 4_000_037 + i, d / f"tp_{i:05d}.wav"))
+        pause_jobs.append((parts, 1.0, seed * 4_000_037 + i, d / f"tp_{i:05d}.wav", True))
     _write(pause_jobs, work / "eou" / "test_pause.jsonl")
 
 

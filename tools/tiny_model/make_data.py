@@ -5,6 +5,8 @@
 tests/assets/heldout/  24 held-out utterances (sentences never in training) + manifest.json
 tests/assets/eou/      8 clips of 2-3 held-out utterances separated by ~1.2 s silence + manifest.json
 tests/assets/demo.wav  3 short held-out sentences with ~1 s pauses (~10 s) + demo.txt
+tests/assets/pause/    10 held-out sentences, each cut at a word boundary by a 0.15-0.3 s mid-sentence
+                       pause (one turn: <EOU> only at the end) + manifest.json
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from corpus import build, render  # noqa: E402
+from corpus import PAUSE, build, render, split_pause  # noqa: E402
 from sentences import split_sentences  # noqa: E402
 
 ASSETS = HERE.parents[1] / "tests" / "assets"
@@ -52,13 +54,24 @@ def make_assets(seed: int) -> None:
     (ASSETS / "demo.txt").write_text("\n".join(demo) + "\n")
     print("demo:", demo, e["duration"], "s")
 
+    pause = ASSETS / "pause"
+    pause.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, text in enumerate(list(pool)[:10]):
+        (_, first), (_, second) = split_pause(text, r)
+        e = render([(0.3, first), (r.uniform(0.15, PAUSE[1]), second)], 1.0, seed * 8_000_009 + i,
+                   pause / f"p{i}.wav", paused=True)
+        (_, a, _), (b, end, _) = e["segments"]
+        rows.append({"audio": f"p{i}.wav", "text": text, "pause": [a, b], "speech_end": end})
+    (pause / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--assets-only", action="store_true")
-    ap.add_argument("--parts", default="asr,eou", help="which corpora to (re)build: asr,eou,eou2")
+    ap.add_argument("--parts", default="asr,eou,eou2", help="which corpora to (re)build")
     a = ap.parse_args()
     make_assets(a.seed)
     if not a.assets_only:

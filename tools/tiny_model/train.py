@@ -31,7 +31,8 @@ from rnnt_loss import rnnt_loss  # noqa: E402
 
 
 def load_data(rows: list[dict], tok, eou_id: int | None, silent_lead: float = 0.0, seed: int = 0):
-    """Audio as int16 arrays in memory + token ids (with <EOU> after each utterance for the EOU model).
+    """Audio as int16 arrays in memory + token ids (with <EOU> where each turn ends, for the EOU model;
+    none at a mid-sentence pause).
 
     `silent_lead`: the share of clips given 0.1-0.6 s of digital silence in front. A streaming
     pipeline pads a stream's first features with digital-silence log-mels, which noisy
@@ -46,7 +47,8 @@ def load_data(rows: list[dict], tok, eou_id: int | None, silent_lead: float = 0.
         if eou_id is None:
             ids = tok.text_to_ids(r["text"])
         else:
-            ids = [i for s in r["segments"] for i in tok.text_to_ids(s[2]) + [eou_id]]
+            ends = r.get("eou_after") or [True] * len(r["segments"])
+            ids = [i for s, end in zip(r["segments"], ends) for i in tok.text_to_ids(s[2]) + [eou_id] * end]
         data.append((x, ids))
     return data
 
@@ -133,7 +135,7 @@ def main() -> None:
                     "pause from the end by looking ahead, which it cannot do when streaming at [70,1].")
     ap.add_argument("--silent-lead", type=float, default=0.0,
                     help="share of clips prefixed with 0.1-0.6 s of digital silence (see load_data)")
-    ap.add_argument("--data", help="corpus folder under work/ (default: asr, or eou for --kind eou)")
+    ap.add_argument("--data", help="corpus folder(s) under work/, comma-separated (default: asr, or eou for --kind eou)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -158,7 +160,7 @@ def main() -> None:
         assert sum(model.encoder.att_context_probs) == 1.0, model.encoder.att_context_size_all
     tok = model.tokenizer
     eou_id = tok.token_to_id(EOU) if eou else None
-    rows = read_manifest(a.work / (a.data or ("eou" if eou else "asr")) / "train.jsonl")
+    rows = [r for d in (a.data or ("eou" if eou else "asr")).split(",") for r in read_manifest(a.work / d / "train.jsonl")]
     t0 = time.time()
     data = load_data(rows, tok, eou_id, silent_lead=a.silent_lead, seed=a.seed)
     blank = model.decoder.blank_idx
@@ -210,7 +212,7 @@ def main() -> None:
     model.eval()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
-    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads, "data": a.data or ("eou" if eou else "asr"), "context": a.context,
+    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads, "data": a.data or ("eou" if eou else "asr"), "context": a.context, "silent_lead": a.silent_lead,
             "train_minutes": round(minutes, 1), "utterances": len(data), "hours": round(hours, 2),
             "vocab": tok.vocab_size, "final_rnnt_loss": round(float(np.mean([h[0] for h in hist[-100:]])), 4),
             "seed": a.seed, "size_mb": round(a.out.stat().st_size / 1e6, 2)}
