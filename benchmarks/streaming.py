@@ -12,7 +12,8 @@ engine itself costs. Default model: the project's trained tiny model (d_model 12
 at 160 ms chunks ([70,1]); `--model` takes any .nemo. With `--worker parakeet-realtime` the
 EOU adapter runs instead (default model tests/assets/tiny_eou.nemo), and the JSON gains
 `eou_latency`: per utterance of tests/assets/eou, true end of speech → `<EOU>` event in
-stream time (the end of the chunk whose step emitted it), as percentiles.
+stream time (the end of the chunk whose step emitted it), as percentiles, and how many sentences of
+tests/assets/pause were ended at their mid-sentence pause.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pipecat_nvasr.protocol import Final  # noqa: E402
 from services.engine.adapter import StepItem, StepOutput, StreamingAdapter  # noqa: E402
 from services.engine.core import EngineCore  # noqa: E402
 
@@ -125,11 +127,23 @@ def default_model(worker: str = "nemotron") -> str:
     return str(save_tiny_model(work / "bench.nemo", work, d_model=128, n_layers=4, n_heads=4, eou=eou))
 
 
-def eou_latency(adapter: StreamingAdapter) -> dict:
-    """True end of speech → `<EOU>` event, stream time, per utterance of tests/assets/eou.
+def _turn_ends(adapter: StreamingAdapter, audio: np.ndarray, stream_id: int) -> list[tuple[Final, float]]:
+    """Stream one file alone, chunk by chunk: each `<EOU>` final with the stream time it came out."""
+    out = []
+    n, starts = adapter.chunk_samples, range(0, len(audio), adapter.chunk_samples)
+    for i, start in enumerate(starts):
+        item = StepItem(stream_id, audio[start : start + n], i == 0, i == len(starts) - 1)
+        emitted = min(start + n, len(audio)) / adapter.sample_rate
+        out += [(final, emitted) for final in adapter.step([item])[0].finals if final.end_of_turn]
+    return out
 
-    Each file streams alone, chunk by chunk; an `<EOU>` final is matched to the earliest
-    utterance not yet ended whose speech has ended by the time it is emitted.
+
+def eou_latency(adapter: StreamingAdapter) -> dict:
+    """True end of speech → `<EOU>` event, stream time, per utterance of tests/assets/eou; and
+    how many sentences of tests/assets/pause (one 150-300 ms pause inside) were ended at the pause.
+
+    An `<EOU>` final is matched to the earliest utterance not yet ended whose speech has ended
+    by the time it is emitted; one that matches none is extra.
     """
     import soundfile as sf
 
@@ -138,19 +152,19 @@ def eou_latency(adapter: StreamingAdapter) -> dict:
     for index, item in enumerate(json.loads((base / "manifest.json").read_text())):
         audio = sf.read(base / item["audio"], dtype="float32")[0]
         ends = [u["speech_end"] for u in item["utterances"]]
-        n, starts = adapter.chunk_samples, range(0, len(audio), adapter.chunk_samples)
-        for i, start in enumerate(starts):
-            item_ = StepItem(10_000 + index, audio[start : start + n], i == 0, i == len(starts) - 1)
-            emitted = min(start + n, len(audio)) / adapter.sample_rate
-            for final in adapter.step([item_])[0].finals:
-                if not final.end_of_turn:
-                    continue
-                if ends and ends[0] <= emitted:
-                    true_s.append(emitted - ends.pop(0))
-                    model_s.append(emitted - final.end)
-                else:
-                    extra += 1
+        for final, emitted in _turn_ends(adapter, audio, 10_000 + index):
+            if ends and ends[0] <= emitted:
+                true_s.append(emitted - ends.pop(0))
+                model_s.append(emitted - final.end)
+            else:
+                extra += 1
         missed += len(ends)
+    base = ROOT / "tests/assets/pause"
+    paused = json.loads((base / "manifest.json").read_text())
+    ended_at_pause = 0
+    for index, item in enumerate(paused):
+        audio = sf.read(base / item["audio"], dtype="float32")[0]
+        ended_at_pause += any(t < item["speech_end"] for _, t in _turn_ends(adapter, audio, 20_000 + index))
 
     def pct(values: list[float]) -> dict:
         if not values:
@@ -159,7 +173,8 @@ def eou_latency(adapter: StreamingAdapter) -> dict:
         return {"p50_ms": 1000 * p[0], "p90_ms": 1000 * p[1], "p99_ms": 1000 * p[2], "mean_ms": 1000 * np.mean(values)}
 
     return {"utterances": len(true_s) + missed, "detected": len(true_s), "missed": missed, "extra": extra,
-            "speech_end_to_eou": pct(true_s), "last_word_to_eou": pct(model_s)}
+            "speech_end_to_eou": pct(true_s), "last_word_to_eou": pct(model_s),
+            "paused_sentences": len(paused), "ended_at_pause": ended_at_pause}
 
 
 def main() -> None:
@@ -210,7 +225,9 @@ def main() -> None:
         true_s = latency["speech_end_to_eou"]
         print(f"EOU: {latency['detected']}/{latency['utterances']} utterances ended by <EOU> "
               f"({latency['extra']} extra); end of speech → <EOU> p50 {true_s.get('p50_ms', float('nan')):.0f} ms, "
-              f"p90 {true_s.get('p90_ms', float('nan')):.0f} ms, p99 {true_s.get('p99_ms', float('nan')):.0f} ms")
+              f"p90 {true_s.get('p90_ms', float('nan')):.0f} ms, p99 {true_s.get('p99_ms', float('nan')):.0f} ms; "
+              f"sentences with a mid-sentence pause ended at the pause: "
+              f"{latency['ended_at_pause']}/{latency['paused_sentences']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")

@@ -4,6 +4,13 @@
 
 Shows the minimal config CacheAwareRNNTPipeline needs for a local .nemo at att_context [70,1] (160 ms
 chunks) and runs all held-out files through `pipeline.run()` (continuous batching over streams).
+
+    python tools/tiny_model/pipeline_check.py --model tests/assets/tiny_rnnt.nemo --ours
+    python tools/tiny_model/pipeline_check.py --model tests/assets/tiny_eou.nemo --ours --kind eou
+
+`--ours`: the worker's own path instead: the streaming adapter (`services/adapters`, the one
+`nvasr serve` runs: NeMo's pipeline plus our endpointing and per-utterance decoder reset), 16 streams
+stepped together in 160 ms chunks, finals joined. This is the streaming WER a client sees.
 """
 from __future__ import annotations
 
@@ -46,11 +53,37 @@ def pipeline_config(model_path: str, att_context=(70, 1), batch_size: int = 8):
     })
 
 
+def worker_hypotheses(model_path: str, paths: list[str], eou: bool, batch: int = 16) -> list[str]:
+    """Each file streamed through the worker's adapter, `batch` streams per step; finals joined."""
+    import soundfile as sf
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from services.adapters.eou import EOUAdapter
+    from services.engine.adapter import StepItem
+
+    adapter = (EOUAdapter if eou else CacheAwareRNNTAdapter)(model_path, chunk_ms=160, max_streams=2 * batch)
+    n, hyps = adapter.chunk_samples, []
+    for first in range(0, len(paths), batch):
+        audio = [sf.read(p, dtype="float32")[0] for p in paths[first:first + batch]]
+        texts: list[list[str]] = [[] for _ in audio]
+        for step in range(max(len(x) + n - 1 for x in audio) // n):
+            live = [k for k, x in enumerate(audio) if step * n < len(x)]
+            items = [StepItem(first + k, audio[k][step * n:(step + 1) * n], step == 0, (step + 1) * n >= len(audio[k]))
+                     for k in live]
+            for k, out in zip(live, adapter.step(items)):
+                texts[k] += [f.text for f in out.finals]
+        hyps += [clean(" ".join(t)) for t in texts]
+    return hyps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--kind", choices=["rnnt", "eou"], default="rnnt", help="with --ours: which worker adapter")
+    ap.add_argument("--ours", action="store_true", help="the worker's streaming adapter, not NeMo's pipeline.run()")
     a = ap.parse_args()
     import torch
     from nemo.collections.asr.inference.factory.pipeline_builder import PipelineBuilder
@@ -62,14 +95,18 @@ def main() -> None:
     rows = read_manifest(a.work / "asr" / "test.jsonl")
     if a.limit:
         rows = rows[:a.limit]
-    pipe = PipelineBuilder.build_pipeline(pipeline_config(str(a.model)))
-    out = pipe.run([r["audio_filepath"] for r in rows])
-    by_path = {v["audio_filepath"]: clean(v["text"]) for v in out.values()}
-    hyps = [by_path.get(r["audio_filepath"], "") for r in rows]
-    res = {"pipeline_streaming_wer_160ms": round(wer(hyps, [r["text"] for r in rows]), 2), "n": len(rows),
-           "examples": [[r["text"], h] for r, h in list(zip(rows, hyps))[:5]]}
+    paths = [r["audio_filepath"] for r in rows]
+    if a.ours:
+        hyps = worker_hypotheses(str(a.model), paths, eou=a.kind == "eou")
+    else:
+        out = PipelineBuilder.build_pipeline(pipeline_config(str(a.model))).run(paths)
+        by_path = {v["audio_filepath"]: clean(v["text"]) for v in out.values()}
+        hyps = [by_path.get(p, "") for p in paths]
+    name = "worker" if a.ours else "pipeline"
+    res = {f"{name}_streaming_wer_160ms": round(wer(hyps, [r["text"] for r in rows]), 2), "n": len(rows),
+           "examples": [[r["text"], h] for r, h in list(zip(rows, hyps)) if r["text"] != h][:8]}
     print(json.dumps(res, indent=1))
-    (a.work / f"pipeline_{a.model.stem}.json").write_text(json.dumps(res, indent=1))
+    (a.work / f"{name}_{a.model.stem}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
