@@ -34,9 +34,10 @@ def load_data(rows: list[dict], tok, eou_id: int | None, silent_lead: float = 0.
     """Audio as int16 arrays in memory + token ids (with <EOU> where each turn ends, for the EOU model;
     none at a mid-sentence pause).
 
-    `silent_lead`: the share of clips given 0.1-0.6 s of digital silence in front. A streaming
-    pipeline pads a stream's first features with digital-silence log-mels, which noisy
-    synthetic clips never contain; without this the model writes a word into that padding.
+    `silent_lead`: the share of clips given 0.1-0.6 s of digital silence in front. NeMo's stock
+    streaming pipeline pads a stream's first features with digital-silence log-mels, which noisy
+    synthetic clips never contain. (Our worker pads with zeros instead, as the encoder does in
+    training; see CacheAwareRNNTAdapter._pad_stream_starts_like_training.)
     """
     data = []
     rng = random.Random(seed)
