@@ -54,8 +54,6 @@ from .protocol import (
     parse_server_message,
 )
 
-# Rates the worker accepts on the wire (it resamples them itself, see docs/protocol.md).
-
 # Protocol error codes → Pipecat error categories. A permanent category (authentication)
 # marks the service unusable, which is what stops the base class's reconnect loop.
 ERROR_CATEGORIES = {

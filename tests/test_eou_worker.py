@@ -10,7 +10,6 @@ in test_server_protocol.py, parametrised over both workers.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import httpx

@@ -14,7 +14,7 @@ import websockets
 from conftest import TOKEN, LiveServer, noise_audio, to_pcm16
 
 from pipecat_nvasr.client import ListenClient, listen_url, stream_pcm
-from pipecat_nvasr.protocol import Closed, Final, Partial, Ready
+from pipecat_nvasr.protocol import Closed, Final, Partial
 from services.streaming_worker import StreamingConfig, create_streaming_app
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))  # services/, for --ours
 from corpus import read_manifest  # noqa: E402
 from evaluate import clean, wer  # noqa: E402
 
@@ -53,27 +54,31 @@ def pipeline_config(model_path: str, att_context=(70, 1), batch_size: int = 8):
     })
 
 
-def worker_hypotheses(model_path: str, paths: list[str], eou: bool, batch: int = 16) -> list[str]:
-    """Each file streamed through the worker's adapter, `batch` streams per step; finals joined."""
-    import soundfile as sf
-
-    sys.path.insert(0, str(HERE.parents[1]))
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
-    from services.adapters.eou import EOUAdapter
+def stream_together(adapter, audio: list, first_id: int = 0) -> list[str]:
+    """Step one stream per array through `adapter` together, chunk by chunk, as the engine batches
+    them; each stream's finals joined. Stream ids are first_id, first_id + 1, ..."""
     from services.engine.adapter import StepItem
 
+    n, texts = adapter.chunk_samples, [[] for _ in audio]
+    for start in range(0, max(len(x) for x in audio), n):
+        live = [k for k, x in enumerate(audio) if start < len(x)]
+        items = [StepItem(first_id + k, audio[k][start:start + n], start == 0, start + n >= len(audio[k])) for k in live]
+        for k, out in zip(live, adapter.step(items)):
+            texts[k] += [f.text for f in out.finals]
+    return [" ".join(" ".join(t).split()) for t in texts]
+
+
+def worker_hypotheses(model_path: str, paths: list[str], eou: bool, batch: int = 16) -> list[str]:
+    """Each file through the worker's adapter, `batch` streams stepped together."""
+    import soundfile as sf
+    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from services.adapters.eou import EOUAdapter
+
     adapter = (EOUAdapter if eou else CacheAwareRNNTAdapter)(model_path, chunk_ms=160, max_streams=2 * batch)
-    n, hyps = adapter.chunk_samples, []
+    hyps = []
     for first in range(0, len(paths), batch):
         audio = [sf.read(p, dtype="float32")[0] for p in paths[first:first + batch]]
-        texts: list[list[str]] = [[] for _ in audio]
-        for step in range(max(len(x) + n - 1 for x in audio) // n):
-            live = [k for k, x in enumerate(audio) if step * n < len(x)]
-            items = [StepItem(first + k, audio[k][step * n:(step + 1) * n], step == 0, (step + 1) * n >= len(audio[k]))
-                     for k in live]
-            for k, out in zip(live, adapter.step(items)):
-                texts[k] += [f.text for f in out.finals]
-        hyps += [clean(" ".join(t)) for t in texts]
+        hyps += [clean(t) for t in stream_together(adapter, audio, first)]
     return hyps
 
 
