@@ -25,6 +25,13 @@ class StepItem:
     `samples` is float32 in [-1, 1]; it holds exactly `chunk_samples` unless `is_last`
     (the last chunk of a stream may be shorter, even empty). `boost` is the stream's key
     phrases, given on its first item and whenever the client changes them (None: unchanged).
+
+    `end_utterance` (a client `finalize`): run this chunk like any other, then end the
+    stream's current utterance — emit its final even if no endpoint fired, and restart the
+    decoder — while the encoder cache, feature context and stream time carry on. The
+    engine zero-pads such a chunk to a full chunk (a VAD stop follows silence) and maps the
+    padding out of client time itself, so an adapter treats the padded samples as audio.
+    `is_last` (a client `close`, or a disconnect flush) ends the whole stream.
     """
 
     stream_id: int
@@ -32,6 +39,7 @@ class StepItem:
     is_first: bool
     is_last: bool
     boost: Optional[list[BoostPhrase]] = None
+    end_utterance: bool = False
 
 
 @dataclass
