@@ -68,6 +68,7 @@ class EngineCore:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="engine-core")
+            self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -98,7 +99,10 @@ class EngineCore:
             self._wakeup.set()
 
     def finalize(self, session: Session) -> None:
-        session.finalize()
+        """End the session's utterance. The chunk holding the finalize point is stepped whole
+        when the client's next audio fills it; if that takes longer than one chunk of time
+        (a client that stopped sending), the utterance ends at the last whole chunk."""
+        session.finalize(self.adapter.chunk_samples / self.adapter.sample_rate)
         self._wakeup.set()
 
     def close(self, session: Session) -> None:
@@ -120,7 +124,7 @@ class EngineCore:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
+            await self._wait_for_work()
             self._wakeup.clear()
             while True:
                 batch = select_batch(self.sessions.values(), self.adapter.chunk_samples, self.max_batch)
@@ -145,6 +149,18 @@ class EngineCore:
                     if session.closed:
                         self.sessions.pop(session.id, None)
 
+    async def _wait_for_work(self) -> None:
+        """Until new work is signalled, or a pending finalize stops waiting for its chunk."""
+        deadlines = [d for s in self.sessions.values() if (d := s.finalize_deadline()) is not None]
+        if not deadlines:
+            await self._wakeup.wait()
+            return
+        timeout = max(0.0, min(deadlines) - time.monotonic()) + 0.001
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
     def _step(self, items: list[StepItem], releases: list[int]) -> list[StepOutput]:
         for stream_id in releases:
             self.adapter.release(stream_id)
@@ -163,3 +179,9 @@ class EngineCore:
             session.fail(Error(ErrorCode.INTERNAL, f"inference failed: {type(exc).__name__}"))
             self.drop(session)
         self._wakeup.set()
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    """The loop must never end on its own: say loudly why it did."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.critical("engine loop crashed", exc_info=task.exception())
