@@ -12,7 +12,11 @@ import asyncio
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import httpx
@@ -38,22 +42,26 @@ def words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]", " ", text.lower()).split()
 
 
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory):
-    """1 s of silence, two held-out sentences 1.2 s apart, 2 s of silence: the microphone."""
+def make_speech(folder: Path, lead: float):
+    """`lead` s of silence, two held-out sentences 1.2 s apart, 2 s of silence: the microphone."""
     import soundfile as sf
 
     manifest = {item["audio"]: item for item in json.loads((ASSETS / "heldout/manifest.json").read_text())}
     silence = lambda seconds: np.zeros(int(16000 * seconds), dtype=np.float32)  # noqa: E731
-    parts, reference = [silence(1.0)], []
+    parts, reference = [silence(lead)], []
     for name in SENTENCES:
         samples, rate = sf.read(ASSETS / "heldout" / name, dtype="float32")
         parts += [samples, silence(1.2)]
         reference += words(manifest[name]["text"])
     parts.append(silence(0.8))
-    path = tmp_path_factory.mktemp("mic") / "speech.wav"
+    path = folder / f"speech_{lead}.wav"
     sf.write(path, np.concatenate(parts), 16000)
     return path, reference
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    return make_speech(tmp_path_factory.mktemp("mic"), lead=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +94,11 @@ async def listen_until_spoken(page, url: str, n_words: int, timeout: float = 25)
     return await finals_of(page)
 
 
-def save_latencies(name: str, finals: list[dict]) -> list[float]:
+def save_latencies(name: str, finals: list[dict], what: str = "audio sent → final") -> list[float]:
     latencies = [f["latency_ms"] for f in finals if f["latency_ms"] is not None]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{name}.json").write_text(json.dumps({"finals": finals}, indent=1))
-    print(f"\n{name}: browser audio sent → final, ms: {latencies}")
+    print(f"\n{name}: {what}, ms: {latencies}")
     return latencies
 
 
@@ -169,3 +177,77 @@ async def test_html_in_a_final_is_shown_as_text(tmp_path):
         assert colour == "rgb(255, 159, 95)"  # spk1's label colour
         await page.screenshot(tmp_path / "crafted.png")
         await page.close()
+
+
+# Test-only, for hosts whose only interface is loopback: aiortc leaves 127.0.0.1 out of its
+# ICE candidates, so offer it (Chromium then needs --allow-loopback-in-peer-connection).
+LOOPBACK_ICE = (
+    "import sys, runpy, aioice.ice as ice\n"
+    "found = ice.get_host_addresses\n"
+    "ice.get_host_addresses = lambda use_ipv4, use_ipv6: ['127.0.0.1', *found(use_ipv4, use_ipv6)]\n"
+    "runpy.run_path(sys.argv.pop(1), run_name='__main__')\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def webrtc_bot(worker, tmp_path):
+    """agents/webrtc_bot.py as a user runs it, transcribing with the local worker."""
+    from aioice.ice import get_host_addresses
+
+    port = free_port()
+    loopback_only = os.environ.get("NVASR_TEST_LOOPBACK_ICE") == "1" or not get_host_addresses(True, False)
+    bot = [str(ROOT / "agents" / "webrtc_bot.py"), "--host", "127.0.0.1", "--port", str(port), "-t", "webrtc"]
+    command = [sys.executable, *(["-c", LOOPBACK_ICE] if loopback_only else []), *bot]
+    env = dict(os.environ, NVASR_URL=worker.ws, NVASR_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
+    env.pop("NVASR_AGENT", None)
+    log_path = tmp_path / "bot.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the bot did not start: {log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url, loopback_only, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def test_webrtc_bot_transcribes_the_browser_microphone(webrtc_bot, tmp_path):
+    url, loopback_only, log = webrtc_bot
+    wav, reference = make_speech(tmp_path, lead=2.5)  # the connection takes ~1 s to come up
+    extra = ("--allow-loopback-in-peer-connection",) if loopback_only else ()
+    with Browser(wav, extra_args=extra) as browser:
+        page = await browser.page()
+        try:
+            finals = await listen_until_spoken(page, f"{url}/?autostart=1", len(reference))
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\nbot log: {log.read_text()[-3000:]}") from exc
+        await page.screenshot(ARTIFACTS / "webrtc.png")
+        heard = [w for f in finals for w in words(f["text"])]
+        assert heard == reference, (finals, log.read_text()[-3000:])
+        save_latencies("webrtc_latency", finals, "end of speech at the mic → final")
+        # The page is ours: no third-party script, the offer went to /api/offer.
+        assert await page.evaluate("[...document.scripts].every(s => s.src.startsWith(location.origin))")
+        await page.evaluate("document.querySelector('#stop').click()")
+        assert await page.wait_for("document.querySelector('#status').dataset.state === 'stopped'", timeout=5)
+        await page.close()
+    assert "FINAL" in log.read_text()  # the bot printed them too
