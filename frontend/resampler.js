@@ -26,7 +26,7 @@ export class PolyphaseResampler {
    * @param {number} rateIn  input sample rate (integer Hz)
    * @param {number} rateOut output sample rate (integer Hz)
    * @param {{passband?: number, stopbandDb?: number}} options
-   *   passband: fraction of the output Nyquist kept flat (default 0.9);
+   *   passband: the -6 dB point as a fraction of the output Nyquist (default 0.9);
    *   stopbandDb: attenuation of everything that would alias (default 80).
    */
   constructor(rateIn, rateOut, { passband = 0.9, stopbandDb = 80 } = {}) {
@@ -34,8 +34,11 @@ export class PolyphaseResampler {
     this.up = Math.round(rateOut) / g; // L: phases
     this.down = Math.round(rateIn) / g; // M: input step per output sample, in phases
     const nyquist = 0.5 * Math.min(1, rateOut / rateIn); // cycles per input sample
-    const cutoff = nyquist * passband;
-    const transition = 2 * (nyquist - cutoff); // stopband starts as far above Nyquist as the cutoff is below
+    // The window method puts the -6 dB point at `cutoff`, mid-transition. The transition
+    // ends at the new Nyquist, so nothing that would alias survives; the response is flat
+    // up to (2 * passband - 1) * Nyquist (6.4 kHz at 16 kHz out).
+    const transition = 2 * nyquist * (1 - passband);
+    const cutoff = nyquist - transition / 2;
     const beta = stopbandDb > 50 ? 0.1102 * (stopbandDb - 8.7) : 0.5842 * (stopbandDb - 21) ** 0.4 + 0.07886 * (stopbandDb - 21);
     let taps = Math.ceil((stopbandDb - 7.95) / (14.36 * transition)) + 1;
     taps += taps % 2; // even: as many input samples on each side of the output instant

@@ -251,3 +251,44 @@ async def test_webrtc_bot_transcribes_the_browser_microphone(webrtc_bot, tmp_pat
         assert await page.wait_for("document.querySelector('#status').dataset.state === 'stopped'", timeout=5)
         await page.close()
     assert "FINAL" in log.read_text()  # the bot printed them too
+
+
+RESAMPLER_PROBE = """(async () => {
+  const { PolyphaseResampler } = await import('/static/resampler.js');
+  const level = (rateIn, freq) => {
+    const resampler = new PolyphaseResampler(rateIn, 16000);
+    const out = [];
+    for (let start = 0; start < rateIn; start += 128) {  // 1 s in render quanta, like the worklet
+      const block = new Float32Array(Math.min(128, rateIn - start));
+      for (let i = 0; i < block.length; i++) block[i] = 0.5 * Math.sin(2 * Math.PI * freq * (start + i) / rateIn);
+      out.push(...resampler.process(block));
+    }
+    const steady = out.slice(2000, out.length - 2000);
+    const rms = Math.sqrt(steady.reduce((sum, s) => sum + s * s, 0) / steady.length);
+    return {db: 20 * Math.log10(rms / (0.5 / Math.SQRT2)), samples: out.length, taps: resampler.taps};
+  };
+  const cases = {};
+  for (const [rate, freq] of [[48000, 1000], [48000, 6000], [48000, 8500], [48000, 12000],
+                              [44100, 1000], [44100, 9500], [22050, 10000]]) cases[`${rate}/${freq}`] = level(rate, freq);
+  return cases;
+})()"""
+
+
+async def test_the_page_resampler_is_a_real_low_pass(tmp_path):
+    """Speech band kept, everything that would alias into it removed (≥ 60 dB). Averaging
+    3 samples (48 → 16 kHz) would pass a 12 kHz tone at -9.5 dB, folded to 4 kHz."""
+    from services.server.app import create_app
+    from scripted_worker import ScriptedBackend
+
+    with LiveServer(create_app(worker="scripted", token=TOKEN, listen=ScriptedBackend("x"))) as server, Browser() as browser:
+        page = await browser.page()
+        await page.goto(f"{server.http}/")
+        cases = await page.evaluate(RESAMPLER_PROBE)
+        await page.close()
+    for name, case in cases.items():
+        rate, freq = map(int, name.split("/"))
+        assert abs(case["samples"] - 16000) <= case["taps"], (name, case)  # 16 kHz out, less the filter's lookahead
+        if freq <= 6000:
+            assert abs(case["db"]) < 0.1, (name, case)  # passband: flat
+        else:
+            assert case["db"] < -60, (name, case)  # would alias: gone
