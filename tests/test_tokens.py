@@ -120,3 +120,15 @@ def test_a_worker_without_listen_has_no_page_or_tokens():
     with LiveServer(create_app(worker="batch", token=TOKEN)) as live:
         assert httpx.get(f"{live.http}/").status_code == 404
         assert httpx.post(f"{live.http}/v1/tokens", headers=MAIN).status_code == 404
+
+
+def test_the_segmenter_serves_the_page_and_mints_tokens():
+    from services.segmenter import SegmenterConfig, create_segmenter_app
+
+    async def never_called(segments):
+        raise AssertionError("no audio in this test")
+
+    app = create_segmenter_app(SegmenterConfig(token=TOKEN), transcribe=never_called)
+    with LiveServer(app) as live:
+        assert 'id="transcript"' in httpx.get(f"{live.http}/").text
+        assert httpx.post(f"{live.http}/v1/tokens", headers=MAIN).json()["expires_in"] == 300
