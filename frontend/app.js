@@ -131,7 +131,9 @@ class ListenRun {
     switch (message.type) {
       case "ready":
         this.ready = true;
-        ui.model.textContent = `${message.model} · ${message.chunk_ms} ms chunks`;
+        // A local .nemo file is named by its file name, not the server's path to it.
+        const model = String(message.model).endsWith(".nemo") ? String(message.model).split("/").pop() : message.model;
+        ui.model.textContent = `${model} · ${message.chunk_ms} ms chunks`;
         if (!this.stopping) setStatus("listening", "Listening… speak now.");
         for (const pcm of this.queue.splice(0)) this.send(pcm);
         break;
