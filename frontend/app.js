@@ -32,8 +32,7 @@ function explainClose(event, lastError) {
     return "The worker is busy (overloaded). Try again in a moment.";
   }
   if (lastError) return `The worker ended the session: ${lastError.message} (${lastError.code}).`;
-  if (event.code === 1006) return "Connection lost: the network or the worker went away. Press Start to reconnect.";
-  return `The connection closed (code ${event.code}${event.reason ? ": " + event.reason : ""}).`;
+  return `Connection lost: the network or the worker went away (code ${event.code}). Press Start to reconnect.`;
 }
 
 function explainMicError(error) {
@@ -208,7 +207,10 @@ class ListenRun {
   fail(text) {
     this.finished = true;
     this.stopMic();
-    if (this.socket && this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000);
+    if (this.socket) {
+      this.socket.onclose = null; // this message, not the socket's close, says what went wrong
+      if (this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000);
+    }
     if (run === this) run = null;
     setButtons(false);
     setStatus("error", text);

@@ -110,9 +110,11 @@ class Page:
 
 
 class Browser:
-    """A headless Chromium process whose microphone plays `wav` (absolute path) once."""
+    """A headless Chromium process whose microphone plays `wav` (absolute path) once.
 
-    def __init__(self, wav: Optional[Path] = None, extra_args: tuple[str, ...] = (), size=(1000, 720)):
+    `allow_mic=False` denies the microphone permission, as a user clicking "Block" would."""
+
+    def __init__(self, wav: Optional[Path] = None, extra_args: tuple[str, ...] = (), size=(1000, 720), allow_mic: bool = True):
         executable = find_chromium()
         if executable is None:
             raise BrowserError("Chromium is not installed")
@@ -129,7 +131,8 @@ class Browser:
             "--disable-dev-shm-usage",
             "--mute-audio",
             f"--window-size={size[0]},{size[1]}",
-            "--use-fake-ui-for-media-stream",
+            # Allow the microphone without asking, or deny it as a user would.
+            "--use-fake-ui-for-media-stream" if allow_mic else "--deny-permission-prompts",
             "--use-fake-device-for-media-stream",
             "--autoplay-policy=no-user-gesture-required",
             "--remote-debugging-port=0",

@@ -28,13 +28,18 @@ class ScriptedBackend:
     sample_rate = 16000
     chunk_ms = 160
 
-    def __init__(self, final_text: str, speaker: str | None = None, model_name: str = "scripted"):
+    def __init__(self, final_text: str, speaker: str | None = None, model_name: str = "scripted", full: bool = False):
         self.final_text = final_text
+        self.full = full  # at its session limit: every open is refused as `overloaded`
         self.speaker = speaker
         self.model_name = model_name
         self.sessions: dict[str, ScriptedSession] = {}
 
     def open(self) -> ScriptedSession:
+        if self.full:
+            from services.engine.session import Overloaded
+
+            raise Overloaded("this scripted worker is full")
         session = ScriptedSession()
         self.sessions[session.id] = session
         return session

@@ -292,3 +292,48 @@ async def test_the_page_resampler_is_a_real_low_pass(tmp_path):
             assert abs(case["db"]) < 0.1, (name, case)  # passband: flat
         else:
             assert case["db"] < -60, (name, case)  # would alias: gone
+
+
+STATUS = "document.querySelector('#status')"
+
+
+async def status_when(page, state: str, timeout: float = 10) -> str:
+    return await page.wait_for(f"{STATUS}.dataset.state === '{state}' && {STATUS}.textContent", timeout=timeout)
+
+
+async def test_the_page_explains_overload_network_loss_and_a_denied_mic(speech):
+    from services.server.app import create_app
+    from scripted_worker import ScriptedBackend
+
+    wav, _ = speech
+    full = create_app(worker="scripted", token=TOKEN, listen=ScriptedBackend("x", full=True))
+    backend = ScriptedBackend("hello")
+    with LiveServer(full) as busy, Browser(wav) as browser:
+        page = await browser.page()
+        await page.goto(f"{busy.http}/?token={TOKEN}&autostart=1")
+        assert "busy (overloaded)" in await status_when(page, "error")
+
+        with LiveServer(create_app(worker="scripted", token=TOKEN, listen=backend)) as server:
+            # Leaving the page closes the socket (and the mic): the worker forgets the session.
+            await page.goto(f"{server.http}/?token={TOKEN}&autostart=1")
+            await status_when(page, "listening")
+            assert len(backend.sessions) == 1
+            await page.goto("about:blank")
+            deadline = time.monotonic() + 5
+            while backend.sessions and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not backend.sessions, "pagehide must close the socket"
+
+            await page.goto(f"{server.http}/?token={TOKEN}&autostart=1")
+            await status_when(page, "listening")
+        # The worker went away under the page.
+        assert "Connection lost" in await status_when(page, "error")
+        assert await page.evaluate("document.querySelector('#start').disabled === false")
+        await page.close()
+
+    with LiveServer(create_app(worker="scripted", token=TOKEN, listen=ScriptedBackend("x"))) as server:
+        with Browser(wav, allow_mic=False) as browser:
+            page = await browser.page()
+            await page.goto(f"{server.http}/?token={TOKEN}&autostart=1")
+            assert "Microphone access was denied" in await status_when(page, "error")
+            await page.close()
