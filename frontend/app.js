@@ -85,6 +85,9 @@ class ListenRun {
     this.mute = this.context.createGain(); // pulls the graph without playing the mic back
     this.mute.gain.value = 0;
     this.source.connect(this.node).connect(this.mute).connect(this.context.destination);
+    this.context.onstatechange = () => {
+      if (this.context?.state === "running" && this.ready && !this.stopping) setStatus("listening", "Listening… speak now.");
+    };
     if (this.context.state !== "running") await this.context.resume().catch(() => {});
     if (this.context.state !== "running") {
       setStatus("warning", "The browser holds audio until you interact: click anywhere on the page.");

@@ -74,6 +74,13 @@ def worker():
         yield server
 
 
+STATUS = "document.querySelector('#status')"
+
+
+async def status_when(page, state: str, timeout: float = 10) -> str:
+    return await page.wait_for(f"{STATUS}.dataset.state === '{state}' && {STATUS}.textContent", timeout=timeout)
+
+
 async def finals_of(page) -> list[dict]:
     return await page.evaluate(
         f"{FINALS}.map(e => ({{text: e.textContent, speaker: e.dataset.speaker || null,"
@@ -84,7 +91,7 @@ async def finals_of(page) -> list[dict]:
 async def listen_until_spoken(page, url: str, n_words: int, timeout: float = 25) -> list[dict]:
     """Open the page, wait until the finals hold `n_words` words or the speech has long ended."""
     await page.goto(url)
-    await page.wait_for("document.querySelector('#status').dataset.state === 'listening'", timeout=15)
+    await status_when(page, "listening", timeout=15)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         finals = await finals_of(page)
@@ -121,7 +128,7 @@ async def test_page_transcribes_the_microphone_and_stop_ends_the_session(worker,
         engine = worker.app.state.engine
         assert len(engine.sessions) == 1
         await page.evaluate("document.querySelector('#stop').click()")
-        await page.wait_for("document.querySelector('#status').dataset.state === 'stopped'", timeout=10)
+        await status_when(page, "stopped")
         deadline = time.monotonic() + 5
         while engine.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -146,14 +153,11 @@ async def test_short_lived_token_opens_the_page_and_bad_ones_are_refused(worker,
         assert [w for f in finals for w in words(f["text"])] == reference, finals
         save_latencies("page_latency_short_lived_token", finals)
 
-        await asyncio.sleep(max(0.0, 1.1 - 0.0))  # the 1 s token has expired by now
+        expiry = int(expiring["token"].split(".")[1])
+        await asyncio.sleep(max(0.0, expiry - time.time() + 0.05))  # the 1 s token has expired
         for bad in (forged, longer, expiring["token"], ""):
             await page.goto(f"{worker.http}/?token={bad}&autostart=1")
-            state = await page.wait_for(
-                "['error','stopped'].includes(document.querySelector('#status').dataset.state)"
-                " && document.querySelector('#status').textContent", timeout=10,
-            )
-            assert "refused the token" in state, (bad, state)
+            assert "refused the token" in await status_when(page, "error"), bad
         await page.screenshot(ARTIFACTS / "page_refused.png")
         await page.close()
 
@@ -248,7 +252,7 @@ async def test_webrtc_bot_transcribes_the_browser_microphone(webrtc_bot, tmp_pat
         # The page is ours: no third-party script, the offer went to /api/offer.
         assert await page.evaluate("[...document.scripts].every(s => s.src.startsWith(location.origin))")
         await page.evaluate("document.querySelector('#stop').click()")
-        assert await page.wait_for("document.querySelector('#status').dataset.state === 'stopped'", timeout=5)
+        await status_when(page, "stopped", timeout=5)
         await page.close()
     assert "FINAL" in log.read_text()  # the bot printed them too
 
@@ -292,13 +296,6 @@ async def test_the_page_resampler_is_a_real_low_pass(tmp_path):
             assert abs(case["db"]) < 0.1, (name, case)  # passband: flat
         else:
             assert case["db"] < -60, (name, case)  # would alias: gone
-
-
-STATUS = "document.querySelector('#status')"
-
-
-async def status_when(page, state: str, timeout: float = 10) -> str:
-    return await page.wait_for(f"{STATUS}.dataset.state === '{state}' && {STATUS}.textContent", timeout=timeout)
 
 
 async def test_the_page_explains_overload_network_loss_and_a_denied_mic(speech):

@@ -9,6 +9,7 @@ the token in a Referer.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,8 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from .auth import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, mint_short_lived
 
-FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
+# The repository's frontend/ (Modal images copy it to /root/frontend, next to services/).
+FRONTEND_DIR = Path(os.environ.get("NVASR_FRONTEND_DIR") or Path(__file__).resolve().parents[2] / "frontend")
 PAGE_ASSETS = ("app.js", "capture-worklet.js", "resampler.js", "style.css")
 
 SECURITY_HEADERS = {
