@@ -34,6 +34,10 @@ from common import TranscriptPrinter, nemotron_stt_from_env  # noqa: E402
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 CLIENT_ASSETS = ("webrtc.js", "style.css")
+CLIENT_HEADERS = {  # the page loads nothing but itself
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; media-src 'self' blob:",
+    "Cache-Control": "no-store",
+}
 VOICE_AGENT = os.getenv("NVASR_AGENT", "transcribe") == "voice"
 
 TRANSPORT_PARAMS = {
@@ -108,13 +112,13 @@ def add_client_page(app) -> None:
 
     @app.get("/", include_in_schema=False)
     async def client_page():
-        return FileResponse(FRONTEND / "webrtc.html", headers={"Cache-Control": "no-store"})
+        return FileResponse(FRONTEND / "webrtc.html", headers=CLIENT_HEADERS)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def client_asset(name: str):
         if name not in CLIENT_ASSETS:
             raise HTTPException(status_code=404)
-        return FileResponse(FRONTEND / name, headers={"Cache-Control": "no-store"})
+        return FileResponse(FRONTEND / name, headers=CLIENT_HEADERS)
 
 
 if __name__ == "__main__":
