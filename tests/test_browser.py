@@ -132,7 +132,7 @@ async def test_page_transcribes_the_microphone_and_stop_ends_the_session(worker,
         assert heard_right(finals, reference), (finals, reference)
         assert len(finals) == len(SENTENCES)  # one final per sentence, each appended
         latencies = save_latencies("page_latency", finals)
-        assert len(latencies) == len(finals) and all(ms > 0 for ms in latencies)  # figures: benchmarks/browser.py
+        assert len(latencies) == len(finals) and all(ms > 0 for ms in latencies)  # figures: benchmarks/browser_latency.py
         assert "Last final" in await page.evaluate("document.querySelector('#latency').textContent")
         # The token left the address bar (and history) as soon as the page read it.
         assert TOKEN not in await page.evaluate("location.href")

@@ -1,6 +1,6 @@
 """Browser-to-final latency: the web page in headless Chromium vs a Python client, same worker.
 
-    python benchmarks/browser.py --json bench-browser.json        # needs Chromium
+    python benchmarks/browser_latency.py --json bench-browser.json        # needs Chromium
 
 Both clients stream the same speech in real time (held-out sentences 1.2 s apart) to one
 local nemotron worker (the trained tiny model, 160 ms chunks). Latency per final: from when
