@@ -33,6 +33,7 @@ class EngineCore:
         max_sessions: Optional[int] = None,
         max_batch: int = 64,
         max_buffer_seconds: float = 10.0,
+        finalize_wait: Optional[float] = None,
         on_step: Optional[StepObserver] = None,
     ):
         self.adapter = adapter
@@ -40,6 +41,8 @@ class EngineCore:
         self.max_batch = max_batch
         self.max_buffer_samples = int(max_buffer_seconds * adapter.sample_rate)
         self.on_step = on_step
+        chunk_seconds = adapter.chunk_samples / adapter.sample_rate
+        self.finalize_wait = chunk_seconds if finalize_wait is None else finalize_wait
         self.sessions: dict[str, Session] = {}
         self.steps = 0
         self._releases: list[int] = []  # adapter streams to forget, on the inference thread
@@ -100,9 +103,10 @@ class EngineCore:
 
     def finalize(self, session: Session) -> None:
         """End the session's utterance. The chunk holding the finalize point is stepped whole
-        when the client's next audio fills it; if that takes longer than one chunk of time
-        (a client that stopped sending), the utterance ends at the last whole chunk."""
-        session.finalize(self.adapter.chunk_samples / self.adapter.sample_rate)
+        when the client's next audio fills it; if that takes longer than `finalize_wait` (one
+        chunk of time by default: a client that stopped sending), the utterance ends at the
+        last whole chunk."""
+        session.finalize(self.finalize_wait)
         self._wakeup.set()
 
     def close(self, session: Session) -> None:
