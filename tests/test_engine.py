@@ -40,7 +40,9 @@ def _plan(seed: int, n: int):
 
 async def _run(adapter, plans, max_batch=64):
     batches = []
-    engine = EngineCore(adapter, max_batch=max_batch, on_step=lambda b, s: batches.append(b))
+    # finalize_wait: a finalize always waits for its chunk to fill (the client keeps sending), so
+    # where a step boundary falls never depends on timing
+    engine = EngineCore(adapter, max_batch=max_batch, finalize_wait=30, on_step=lambda b, s: batches.append(b))
     await engine.start()
 
     async def client(plan):
