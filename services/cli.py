@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
         p.add_argument("--finalize-wait-ms", type=int,
-                       help="how long a finalize waits for its chunk to fill (default: one chunk; 0: answer at once)")
+                       help="how long a finalize waits for its chunk to fill before zero-padding it (default: one chunk)")
         _add_server_flags(p)
         p.set_defaults(run=_serve_streaming)
 

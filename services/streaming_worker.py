@@ -39,8 +39,7 @@ class StreamingConfig:
     max_batch: int = 64
     max_buffer_seconds: float = 10.0
     # how long a finalize waits for the chunk holding the VAD stop to fill (None: one chunk);
-    # 0 answers at once from the whole chunks already stepped (lower latency, a word's late
-    # last piece may open the next final)
+    # 0 pads the tail with zeros at once (lowest latency; a VAD stop inside a word cuts it)
     finalize_wait_ms: Optional[int] = None
     token: Optional[str] = None
     warmup: bool = True

@@ -132,10 +132,9 @@ async def test_finalize_with_nothing_said_answers_an_empty_final(adapter):
     assert final.from_finalize and final.end <= 0.5
     engine.finalize(session)  # again nothing new: an empty final at the same stream time
     final = await asyncio.wait_for(session.outbox.get(), 10)
-    assert final.from_finalize and final.text == "" and final.start == final.end == 0.48  # 3 whole chunks
-    engine.close(session)  # the 20 ms tail after the last whole chunk is transcribed on close
-    while not isinstance(event := await asyncio.wait_for(session.outbox.get(), 10), Closed):
-        assert isinstance(event, Final) and event.start >= 0.48 and event.end <= 0.5
+    assert final.from_finalize and final.text == "" and final.start == final.end == 0.5
+    engine.close(session)
+    assert isinstance(await asyncio.wait_for(session.outbox.get(), 10), Closed)
     await engine.stop()
 
 
@@ -148,17 +147,23 @@ def test_scheduler_leaves_out_streams_without_a_full_chunk():
     flushing.finalize()
     chosen = select_batch([full, half, flushing], chunk, max_batch=8)
     assert full in chosen and flushing in chosen and half not in chosen
-    assert flushing.next_item(chunk) is None  # a finalize before any model step needs no model call
-    flushing.deliver(None, None)
+    # no more audio came within the wait: the tail is padded with zeros (the gap's silence)
+    item = flushing.next_item(chunk)
+    assert item.end_utterance and not item.is_last and len(item.samples) == chunk
+    assert not item.samples[chunk // 2 :].any() and flushing._buffered == 0
+    flushing.deliver(item, None)
     answer = flushing.outbox.get_nowait()
-    assert answer.from_finalize and answer.text == "" and flushing._buffered == chunk // 2
-    flushing.append(np.zeros(chunk, np.float32))
-    flushing.finalize()
-    item = flushing.next_item(chunk)  # the whole chunk before the finalize point is stepped...
-    assert len(item.samples) == chunk and not item.end_utterance and not item.is_last
-    item = flushing.next_item(chunk)  # ...then the utterance ends with no audio: the tail stays
-    assert item.end_utterance and not item.is_last and len(item.samples) == 0
-    assert flushing._buffered == chunk // 2
+    assert answer.from_finalize and answer.text == "" and answer.end == 0.08  # client time: pad taken out
+    waiting = Session(16000, 10**6)
+    waiting.append(np.ones(chunk + chunk // 2, np.float32))
+    waiting.finalize(wait=30)
+    assert waiting.next_item(chunk).samples.all()  # the whole chunk before the finalize point
+    assert not waiting.has_work(chunk)  # the chunk holding the finalize point waits for audio...
+    waiting.append(np.ones(chunk // 2, np.float32))
+    item = waiting.next_item(chunk)  # ...which fills it: stepped whole, no pad
+    assert item.end_utterance and item.samples.all() and len(item.samples) == chunk
+    waiting.deliver(item, None)
+    assert not waiting._flushes and waiting.outbox.get_nowait().from_finalize
     closing = Session(16000, 10**6)
     closing.append(np.zeros(chunk // 2, np.float32))
     closing.close()  # a close ends the stream with a short last chunk

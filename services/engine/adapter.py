@@ -31,7 +31,8 @@ class StepItem:
     encoder cache, feature context, decoder state and stream time carry on: only the text is
     split (a VAD pause is not the end of the stream; restarting the decoder mid-sentence makes
     it repeat the word it just wrote). An item with `end_utterance` and no samples needs no
-    model call. `is_last` (a client `close`, or a disconnect flush) ends the whole stream.
+    model call; one with samples holds a whole chunk (the engine zero-pads it, and takes the pad
+    out of event times, only when the client stopped sending before the chunk filled). `is_last` (a client `close`, or a disconnect flush) ends the whole stream.
     """
 
     stream_id: int

@@ -104,8 +104,7 @@ class EngineCore:
     def finalize(self, session: Session) -> None:
         """End the session's utterance. The chunk holding the finalize point is stepped whole
         when the client's next audio fills it; if that takes longer than `finalize_wait` (one
-        chunk of time by default: a client that stopped sending), the utterance ends at the
-        last whole chunk."""
+        chunk of time by default: a client that stopped sending), it is zero-padded."""
         session.finalize(self.finalize_wait)
         self._wakeup.set()
 

@@ -51,6 +51,8 @@ class Session:
 
         self.stream_id: Optional[int] = None  # the adapter stream now open, if any
         self._stream_start = 0  # session sample where that stream began
+        self._model_samples = 0  # samples that stream has been given, zero pads included
+        self._pads: list[tuple[int, int]] = []  # (stream sample where a pad starts, its length)
         self._last_partial = ""
 
     # ------------------------------------------------------------------ client side
@@ -123,23 +125,28 @@ class Session:
         """Cut this session's input for the next step, or None if a flush needs no model call.
 
         A `close` ends the adapter stream with a short (even empty) last chunk. A `finalize`
-        ends only the utterance, and never alters the audio the encoder sees: the chunk that
-        holds the finalize point is stepped whole once the client's next audio fills it (it
-        keeps streaming after a VAD stop), with `end_utterance`, so a word whose last piece the
-        model emits a little late (a trailing "s" the VAD took for silence) stays in this final.
-        If the chunk does not fill within the wait, or the finalize lands on a chunk boundary,
-        the utterance ends at the last whole chunk with no model call (an item without samples)
-        and the tail stays buffered for the next chunk. Padding the tail with zeros instead cuts
-        into any word the VAD stop lands in (measured: "seven coffee" → "table coffee").
+        ends only the utterance (`end_utterance`); the stream goes on. The chunk that holds the
+        finalize point is stepped whole once the client's next audio fills it (a microphone
+        keeps streaming after a VAD stop), so the encoder sees exactly the audio it would have
+        seen without the finalize and a word whose last piece the model emits a little late (a
+        trailing "s" the VAD took for silence) stays in this final. A finalize on a chunk
+        boundary needs no model call (an item without samples). If the chunk does not fill in
+        time (the client stopped sending, or closes), what there is is padded with zeros — the
+        silence of that gap — and the pad is taken out of event times (`_client_time`).
         """
         flush_at, from_finalize = self._flushes[0] if self._flushes else (None, False)
-        if from_finalize and (self._consumed >= flush_at or self._buffered < chunk):
+        pad = 0
+        if from_finalize and self._consumed >= flush_at:
             if self.stream_id is None:
                 return None  # nothing reached the model since the session began
             return StepItem(self.stream_id, np.zeros(0, np.float32), is_first=False, is_last=False,
                             end_utterance=True)
-        end_utterance = from_finalize and self._consumed + chunk >= flush_at
-        take = chunk if flush_at is None or from_finalize else min(chunk, flush_at - self._consumed)
+        if from_finalize:
+            take = min(chunk, self._buffered)
+            pad = chunk - take
+        else:
+            take = chunk if flush_at is None else min(chunk, flush_at - self._consumed)
+        end_utterance = from_finalize and self._consumed + take >= flush_at
         # A full chunk is never a last chunk: a close that lands on a chunk boundary ends with
         # an empty last chunk, so results do not depend on whether close came before or after it.
         is_last = flush_at is not None and not from_finalize and self._consumed + take == flush_at and take < chunk
@@ -150,9 +157,15 @@ class Session:
         if is_first:
             self.stream_id = next(_stream_ids)
             self._stream_start = self._consumed
+            self._model_samples = 0
+            self._pads = []
+        if pad:
+            self._pads.append((self._model_samples + take, pad))
+            samples = np.concatenate([samples, np.zeros(pad, dtype=np.float32)])
         boost = list(self._boost) if is_first or self._boost_changed else None
         self._boost_changed = False
         self._consumed += take
+        self._model_samples += len(samples)
         self.audio_seconds += take / self.sample_rate
         return StepItem(
             stream_id=self.stream_id,
@@ -186,7 +199,7 @@ class Session:
         from_finalize = flushed and self._flushes[0][1]
         finals = list(output.finals) if output else []
         if flushed and from_finalize and not any(f.text for f in finals):
-            now = (self._consumed - self._stream_start) / self.sample_rate  # stream time, like adapter output
+            now = self._model_samples / self.sample_rate  # adapter-stream time, like its output
             finals.append(Final(text="", start=now, end=now))
         for index, final in enumerate(finals):
             answers_finalize = from_finalize and index == len(finals) - 1
@@ -209,14 +222,23 @@ class Session:
                 self.closed = True
                 self.outbox.put_nowait(Closed())
 
+    def _client_time(self, stream_seconds: float) -> float:
+        """Adapter-stream seconds (zero pads included) → seconds of the client's audio."""
+        position = stream_seconds * self.sample_rate
+        client = position
+        for at, length in self._pads:
+            if position <= at:
+                break
+            client -= min(length, position - at)  # a time inside a pad is the pad's start
+        return round((self._stream_start + client) / self.sample_rate, 3)
+
     def _shift(self, event, **changes):
-        """Move an adapter-stream event into session time."""
-        offset = self._stream_start / self.sample_rate
+        """Move an adapter-stream event into client time."""
         if isinstance(event, Final):
             changes["words"] = [
-                replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3)) for w in event.words
+                replace(w, start=self._client_time(w.start), end=self._client_time(w.end)) for w in event.words
             ]
-        return replace(event, start=round(event.start + offset, 3), end=round(event.end + offset, 3), **changes)
+        return replace(event, start=self._client_time(event.start), end=self._client_time(event.end), **changes)
 
     def fail(self, error: Error) -> None:
         self.outbox.put_nowait(error)
