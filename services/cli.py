@@ -54,8 +54,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_streaming(args) -> None:
-    import uvicorn
-
+    from .server import drain
     from .streaming_worker import StreamingConfig, create_streaming_app
 
     cfg = StreamingConfig(
@@ -67,10 +66,12 @@ def _serve_streaming(args) -> None:
         chunk_ms=args.chunk_ms,
         max_sessions=args.max_sessions,
         max_batch=args.max_batch,
+        admit_lag_ms=args.admit_lag_ms if args.admit_lag_ms > 0 else None,
+        idle_timeout_s=args.idle_timeout if args.idle_timeout > 0 else None,
         token=resolve_token(args),
     )
     app = create_streaming_app(cfg)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws_max_size=4 * 1024 * 1024)
+    drain.serve(app, args.host, args.port, args.drain_seconds, log_level="info", ws_max_size=4 * 1024 * 1024)
 
 
 async def _stream(args) -> int:
@@ -217,13 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve_sub = serve.add_subparsers(dest="worker", required=True)
     for worker in STREAMING_WORKERS:
         p = serve_sub.add_parser(worker, help=f"the {worker} streaming worker")
-        p.add_argument("--model", help="Hugging Face id or local .nemo (default: the production model)")
+        p.add_argument("--model", help="Hugging Face id, local .nemo, or null (no model: host cost only)")
         p.add_argument("--fallback-model", help="local .nemo to use, with a warning, if --model cannot load")
         p.add_argument("--device", default="cuda" if _cuda() else "cpu")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
         p.add_argument("--chunk-ms", type=int, choices=[80, 160, 560, 1120])
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
+        p.add_argument("--admit-lag-ms", type=float, default=500, help="refuse new sessions while the engine runs this far behind (0: off)")
+        p.add_argument("--idle-timeout", type=float, default=60, help="end sessions that send nothing this many seconds (0: never)")
+        p.add_argument("--drain-seconds", type=float, default=10, help="on SIGTERM, how long open sessions get to finish")
         _add_server_flags(p)
         p.set_defaults(run=_serve_streaming)
 

@@ -5,6 +5,14 @@ dedicated inference thread (cache-aware stream steps are not thread-safe). The l
 wakes on new work, runs a step for every ready session at once, and immediately looks
 again — continuous batching with no fixed sleeps: audio that arrives during a step is
 in the next one.
+
+Two guards keep one worker useful under stress:
+- a step that raises is split in halves and retried until the one stream that makes the
+  model fail is found; only that session gets `internal` (see `StreamingAdapter.step`);
+- admission control: when the engine falls behind (chunks wait longer than `admit_lag`
+  for a step, or the event loop itself runs late) new sessions are refused with
+  `overloaded` before the open ones degrade, and a session whose own backlog passes
+  `max_buffer_seconds` is ended with `overloaded` (Session.append).
 """
 
 from __future__ import annotations
@@ -12,18 +20,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from pipecat_nvasr.protocol import Error, ErrorCode
 
 from .adapter import StepItem, StepOutput, StreamingAdapter
-from .scheduler import select_batch
+from .scheduler import ReadyQueue
 from .session import Overloaded, Session
 
 logger = logging.getLogger(__name__)
 
 StepObserver = Callable[[int, float], None]  # (batch size, seconds) per step, for metrics
+
+LAG_WINDOW_S = 1.0  # lag figures are the worst seen over the last one or two windows
+LOOP_PROBE_S = 0.05  # how often the event-loop lag probe wakes
+
+
+class _WindowMax:
+    """The largest value seen in the current and the previous window (decays when idle)."""
+
+    def __init__(self, window: float = LAG_WINDOW_S):
+        self.window = window
+        self._start = time.monotonic()
+        self._current = 0.0
+        self._previous = 0.0
+
+    def _roll(self, now: float) -> None:
+        if now - self._start >= self.window:
+            self._previous = self._current if now - self._start < 2 * self.window else 0.0
+            self._current = 0.0
+            self._start = now
+
+    def add(self, value: float, now: float) -> None:
+        self._roll(now)
+        self._current = max(self._current, value)
+
+    def value(self, now: float) -> float:
+        self._roll(now)
+        return max(self._current, self._previous)
 
 
 class EngineCore:
@@ -34,18 +70,30 @@ class EngineCore:
         max_batch: int = 64,
         max_buffer_seconds: float = 10.0,
         on_step: Optional[StepObserver] = None,
+        admit_lag: Optional[float] = None,
     ):
         self.adapter = adapter
         self.max_sessions = min(max_sessions or adapter.max_streams, adapter.max_streams)
         self.max_batch = max_batch
         self.max_buffer_samples = int(max_buffer_seconds * adapter.sample_rate)
         self.on_step = on_step
+        self.admit_lag = admit_lag  # seconds; None: admit by session count only
         self.sessions: dict[str, Session] = {}
         self.steps = 0
+        self.draining = False
+        # counters for /metrics
+        self.refused: Counter[str] = Counter()  # reason → sessions refused at open
+        self.failed_streams = 0  # sessions ended by a model failure on their own step
+        self.isolation_steps = 0  # extra steps run to find the stream that failed a batch
+        self._chunk = adapter.chunk_samples
+        self._ready = ReadyQueue()
+        self._step_wait = _WindowMax()
+        self._loop_lag = _WindowMax()
         self._releases: list[int] = []  # adapter streams to forget, on the inference thread
         self._wakeup = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: Optional[asyncio.Task] = None
+        self._probe: Optional[asyncio.Task] = None
 
     @property
     def model_name(self) -> str:
@@ -68,41 +116,81 @@ class EngineCore:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="engine-core")
+            self._probe = asyncio.create_task(self._probe_loop(), name="engine-loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        for task in (self._task, self._probe):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._task = self._probe = None
         self._thread.shutdown(wait=True)
 
     async def run_on_model_thread(self, fn, *args):
         """Run `fn` on the inference thread (loading, warm-up, inspection)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    # ------------------------------------------------------------------ load
+
+    def lag(self) -> float:
+        """How far behind the engine runs, in seconds: the longest a ready chunk waited for
+        its step, or the event loop ran late, over the last second or two."""
+        now = time.monotonic()
+        return max(self._step_wait.value(now), self._ready.oldest_wait(now), self._loop_lag.value(now))
+
+    def step_lag(self) -> float:
+        now = time.monotonic()
+        return max(self._step_wait.value(now), self._ready.oldest_wait(now))
+
+    def loop_lag(self) -> float:
+        return self._loop_lag.value(time.monotonic())
+
+    async def _probe_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LOOP_PROBE_S)
+            late = loop.time() - before - LOOP_PROBE_S
+            self._loop_lag.add(max(0.0, late), time.monotonic())
+
     # ------------------------------------------------------------------ sessions
 
     def open(self) -> Session:
+        if self.draining:
+            self.refused["draining"] += 1
+            raise Overloaded("this worker is shutting down; connect again (another worker takes it)")
         if len(self.sessions) >= self.max_sessions:
+            self.refused["sessions"] += 1
             raise Overloaded(f"this worker is at its limit of {self.max_sessions} sessions")
+        if self.admit_lag is not None and self.sessions:
+            lag = self.lag()
+            if lag > self.admit_lag:
+                self.refused["lag"] += 1
+                raise Overloaded(
+                    f"this worker is running {lag * 1000:.0f} ms behind (limit {self.admit_lag * 1000:.0f} ms); "
+                    "try again later or elsewhere"
+                )
         session = Session(self.adapter.sample_rate, self.max_buffer_samples)
         self.sessions[session.id] = session
         return session
 
     def append(self, session: Session, samples) -> None:
         session.append(samples)
-        if session.has_work(self.adapter.chunk_samples):
+        if session.has_work(self._chunk) and session not in self._ready:
+            self._ready.push(session)
             self._wakeup.set()
 
     def finalize(self, session: Session) -> None:
         session.finalize()
+        self._ready.push(session)
         self._wakeup.set()
 
     def close(self, session: Session) -> None:
         session.close()
+        self._ready.push(session)
         self._wakeup.set()
 
     def drop(self, session: Session) -> None:
@@ -110,10 +198,16 @@ class EngineCore:
         if self.sessions.pop(session.id, None) is None:
             return
         session.closed = True
+        self._ready.discard(session)
         if session.stream_id is not None:
             self._releases.append(session.stream_id)
             session.stream_id = None
             self._wakeup.set()
+
+    def start_drain(self) -> list[Session]:
+        """Refuse new sessions from now on; returns the sessions still open."""
+        self.draining = True
+        return list(self.sessions.values())
 
     # ------------------------------------------------------------------ the loop
 
@@ -123,43 +217,90 @@ class EngineCore:
             await self._wakeup.wait()
             self._wakeup.clear()
             while True:
-                batch = select_batch(self.sessions.values(), self.adapter.chunk_samples, self.max_batch)
+                now = time.monotonic()
+                batch, wait = self._ready.pop_batch(self.max_batch, now)
                 releases, self._releases = self._releases, []
                 if not batch and not releases:
                     break
-                planned = [(s, s.next_item(self.adapter.chunk_samples)) for s in batch]
+                if batch:
+                    self._step_wait.add(wait, now)
+                planned = []
+                for session in batch:
+                    if session.id in self.sessions and session.has_work(self._chunk):
+                        planned.append((session, session.next_item(self._chunk)))
                 items = [item for _, item in planned if item is not None]
                 self.steps += 1
                 try:
-                    outputs = await loop.run_in_executor(self._thread, self._step, items, releases)
-                except Exception as exc:  # the model failed: these sessions cannot go on
-                    logger.exception("inference step failed")
-                    self._fail(batch, items, exc)
-                    continue
-                by_stream = dict(zip((i.stream_id for i in items), outputs))
-                for session, item in planned:
-                    session.last_step = self.steps
-                    if session.closed and session.id not in self.sessions:
-                        continue  # dropped while its step ran; its stream was released
-                    session.deliver(item, by_stream.get(item.stream_id) if item else None)
-                    if session.closed:
-                        self.sessions.pop(session.id, None)
+                    outputs, failed = await loop.run_in_executor(self._thread, self._step, items, releases)
+                except Exception:  # not the model (it is isolated in _step): keep the loop alive
+                    logger.exception("engine step failed outside the model")
+                    outputs, failed = {}, {item.stream_id: RuntimeError("engine") for item in items}
+                self._deliver(planned, outputs, failed)
 
-    def _step(self, items: list[StepItem], releases: list[int]) -> list[StepOutput]:
+    def _deliver(self, planned, outputs: dict, failed: dict) -> None:
+        now = time.monotonic()
+        for session, item in planned:
+            session.last_step = self.steps
+            if session.closed and session.id not in self.sessions:
+                continue  # dropped while its step ran; its stream was released
+            if item is not None and item.stream_id in failed:
+                self._fail(session, item.stream_id, failed[item.stream_id])
+                continue
+            try:
+                session.deliver(item, outputs.get(item.stream_id) if item else None)
+            except Exception as exc:
+                logger.exception("could not deliver a step's output")
+                self._fail(session, item.stream_id if item else None, exc)
+                continue
+            if session.closed:
+                self.sessions.pop(session.id, None)
+            elif session.has_work(self._chunk):
+                self._ready.push(session, now)  # still behind: back of the queue
+
+    def _step(self, items: list[StepItem], releases: list[int]) -> tuple[dict, dict]:
+        """Runs on the inference thread: releases, then the batch, isolating failures."""
         for stream_id in releases:
-            self.adapter.release(stream_id)
-        if not items:
-            return []
+            try:
+                self.adapter.release(stream_id)
+            except Exception:
+                logger.exception("releasing stream %s failed", stream_id)
+        outputs: dict[int, StepOutput] = {}
+        failed: dict[int, Exception] = {}
+        if items:
+            self._run_isolating(items, outputs, failed)
+        return outputs, failed
+
+    def _run_isolating(self, items: list[StepItem], outputs: dict, failed: dict) -> None:
+        """Run `items`; if the step raises, bisect so that only the failing streams fail.
+
+        Exact only because adapters promise an atomic step: one that raises has changed no
+        stream's state (StreamingAdapter.step), so each half reruns from the same state.
+        """
         started = time.perf_counter()
-        outputs = self.adapter.step(items)
+        try:
+            results = self.adapter.step(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"adapter returned {len(results)} outputs for {len(items)} items")
+        except Exception as exc:
+            if len(items) == 1:
+                logger.error("stream %s failed the model step: %r", items[0].stream_id, exc)
+                failed[items[0].stream_id] = exc
+                return
+            logger.warning("a batched step of %d streams failed (%r); isolating the cause", len(items), exc)
+            middle = len(items) // 2
+            for half in (items[:middle], items[middle:]):
+                self.isolation_steps += 1
+                self._run_isolating(half, outputs, failed)
+            return
         if self.on_step:
             self.on_step(len(items), time.perf_counter() - started)
-        return outputs
+        outputs.update(zip((item.stream_id for item in items), results))
 
-    def _fail(self, batch: list[Session], items: list[StepItem], exc: Exception) -> None:
-        self._releases.extend(item.stream_id for item in items)  # release is idempotent
-        for session in batch:
-            session.stream_id = None
-            session.fail(Error(ErrorCode.INTERNAL, f"inference failed: {type(exc).__name__}"))
-            self.drop(session)
+    def _fail(self, session: Session, stream_id: Optional[int], exc: Exception) -> None:
+        self.failed_streams += 1
+        if stream_id is not None:
+            self._releases.append(stream_id)  # its state is suspect; release is idempotent
+        session.stream_id = None
+        session.fail(Error(ErrorCode.INTERNAL, f"inference failed: {type(exc).__name__}"))
+        self.drop(session)
         self._wakeup.set()

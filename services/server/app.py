@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pipecat_nvasr.protocol import LISTEN_PATH, PROTOCOL_VERSION
 
 from .auth import is_authorized
-from .listen import ListenBackend, serve_listen
+from .listen import ListenBackend, ListenSettings, ListenState, serve_listen
 from .metrics import Metrics
 
 Hook = Callable[[], Awaitable[None]]
@@ -46,8 +46,10 @@ def create_app(
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
     health: Optional[Callable[[], dict]] = None,
+    listen_settings: Optional[ListenSettings] = None,
 ) -> FastAPI:
     metrics = metrics or Metrics(worker)
+    listen_state = ListenState(listen_settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -62,6 +64,7 @@ def create_app(
     app = FastAPI(title=f"nvasr {worker} worker", lifespan=lifespan)
     app.state.metrics = metrics
     app.state.listen = listen
+    app.state.listen_state = listen_state  # open sockets: the reaper and the drain (server/drain.py)
     auth = [Depends(require_token(token))]
 
     @app.get("/health", dependencies=auth)
@@ -81,7 +84,7 @@ def create_app(
 
         @app.websocket(LISTEN_PATH)
         async def listen_socket(ws: WebSocket) -> None:
-            await serve_listen(ws, listen, token, metrics)
+            await serve_listen(ws, listen, token, metrics, listen_state)
 
     for router in routers:
         app.include_router(router, dependencies=auth)
