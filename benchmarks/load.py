@@ -220,12 +220,12 @@ class Generator:
 
 
 class Worker:
-    def __init__(self, model: str, chunk_ms: int, port: int, extra: list[str]):
+    def __init__(self, model: str, chunk_ms: int, port: int, extra: list[str], root: Path = ROOT):
         self.port = port
         cmd = [sys.executable, "-m", "services.cli", "serve", "nemotron", "--model", model, "--chunk-ms", str(chunk_ms),
                "--no-auth", "--port", str(port), "--max-sessions", "20000", *extra]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+        self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 180
         while True:
             try:
@@ -311,6 +311,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--worker-arg", action="append", default=[], help="extra `nvasr serve` flag (repeatable)")
+    ap.add_argument("--worker-root", type=Path, default=ROOT, help="run the worker from another checkout (a baseline)")
     ap.add_argument("--json")
     args = ap.parse_args()
     try:
@@ -321,13 +322,13 @@ def main() -> None:
     except ImportError:
         loop_kind = "asyncio"
     kind = "null" if args.model == "null" else "model"
-    report = {"model": args.model, "chunk_ms": args.chunk_ms, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+    report = {"model": args.model, "worker_root": str(args.worker_root), "chunk_ms": args.chunk_ms, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
               "generator_loop": loop_kind, "settle_s": args.settle, "duration_s": args.duration, "runs": []}
     print(f"{'frame':>5} {'N':>6} {'fin50':>7} {'fin95':>7} {'fin99':>7} {'lag50':>7} {'lag99':>7} {'errors':>6} "
           f"{'cpu%':>6} {'rss_mb':>7} {'us/msg':>6} {'late99':>7}")
     for frame_ms in args.frame_ms:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else DEFAULT_LEVELS[(kind, frame_ms)]
-        worker = Worker(args.model, args.chunk_ms, args.port, args.worker_arg)
+        worker = Worker(args.model, args.chunk_ms, args.port, args.worker_arg, args.worker_root)
         try:
             rows = asyncio.run(ramp(worker, frame_ms, levels, args.settle, args.duration))
         finally:

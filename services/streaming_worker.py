@@ -39,7 +39,8 @@ class StreamingConfig:
     max_sessions: int = 256
     max_batch: int = 64
     max_buffer_seconds: float = 10.0  # a session this far behind is ended with `overloaded`
-    admit_lag_ms: Optional[float] = 500.0  # refuse new sessions while chunks wait longer (None: off)
+    admit_lag_ms: Optional[float] = 500.0  # refuse new sessions while the engine lags more (None: off)
+    shed_lag_s: Optional[float] = 2.0  # most sessions this far behind → the newest are ended (None: off)
     idle_timeout_s: Optional[float] = 60.0  # no frame from a client this long → `timeout`, 4408
     token: Optional[str] = None
     warmup: bool = True
@@ -112,6 +113,7 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         max_buffer_seconds=cfg.max_buffer_seconds,
         on_step=metrics.observe_step,
         admit_lag=cfg.admit_lag_ms / 1000 if cfg.admit_lag_ms is not None else None,
+        shed_lag=cfg.shed_lag_s,
     )
     metrics.watch_engine(engine)
     adapter.on_eou = metrics.eou_latency.observe  # adapters whose model ends utterances

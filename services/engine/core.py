@@ -36,6 +36,7 @@ StepObserver = Callable[[int, float], None]  # (batch size, seconds) per step, f
 
 LAG_WINDOW_S = 1.0  # lag figures are the worst seen over the last one or two windows
 LOOP_PROBE_S = 0.05  # how often the event-loop lag probe wakes
+BACKLOG_EVERY = 4  # probe ticks between backlog measurements (O(sessions) each)
 
 
 class _WindowMax:
@@ -71,6 +72,7 @@ class EngineCore:
         max_buffer_seconds: float = 10.0,
         on_step: Optional[StepObserver] = None,
         admit_lag: Optional[float] = None,
+        shed_lag: Optional[float] = None,
     ):
         self.adapter = adapter
         self.max_sessions = min(max_sessions or adapter.max_streams, adapter.max_streams)
@@ -78,6 +80,9 @@ class EngineCore:
         self.max_buffer_samples = int(max_buffer_seconds * adapter.sample_rate)
         self.on_step = on_step
         self.admit_lag = admit_lag  # seconds; None: admit by session count only
+        # sessions this far behind (p90) → the newest are ended with `overloaded` (None: never)
+        self.shed_lag = shed_lag
+        self.shed = 0  # sessions ended to protect older ones
         self.sessions: dict[str, Session] = {}
         self.steps = 0
         self.draining = False
@@ -89,6 +94,8 @@ class EngineCore:
         self._ready = ReadyQueue()
         self._step_wait = _WindowMax()
         self._loop_lag = _WindowMax()
+        self._backlog_lag = _WindowMax()
+        self._backlog_now = 0.0
         self._releases: list[int] = []  # adapter streams to forget, on the inference thread
         self._wakeup = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -136,25 +143,51 @@ class EngineCore:
     # ------------------------------------------------------------------ load
 
     def lag(self) -> float:
-        """How far behind the engine runs, in seconds: the longest a ready chunk waited for
-        its step, or the event loop ran late, over the last second or two."""
+        """How far behind the engine runs, in seconds, over the last second or two: the worst
+        of how long ready chunks waited for a step, how far behind real time most sessions'
+        audio is (p90 of their backlogs beyond one chunk: a step slower than a chunk of audio
+        shows here even when every ready stream fits in one batch), and how late the event
+        loop ran (ingest saturation)."""
         now = time.monotonic()
-        return max(self._step_wait.value(now), self._ready.oldest_wait(now), self._loop_lag.value(now))
+        return max(self.step_lag(), self._loop_lag.value(now))
 
     def step_lag(self) -> float:
         now = time.monotonic()
-        return max(self._step_wait.value(now), self._ready.oldest_wait(now))
+        return max(self._step_wait.value(now), self._ready.oldest_wait(now), self._backlog_lag.value(now))
 
     def loop_lag(self) -> float:
         return self._loop_lag.value(time.monotonic())
 
     async def _probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        ticks = 0
         while True:
             before = loop.time()
             await asyncio.sleep(LOOP_PROBE_S)
-            late = loop.time() - before - LOOP_PROBE_S
-            self._loop_lag.add(max(0.0, late), time.monotonic())
+            now = time.monotonic()
+            self._loop_lag.add(max(0.0, loop.time() - before - LOOP_PROBE_S), now)
+            ticks += 1
+            if ticks % BACKLOG_EVERY == 0 and self.sessions:
+                self._measure_backlog(now)
+
+    def _measure_backlog(self, now: float) -> None:
+        rate, chunk = self.adapter.sample_rate, self._chunk
+        sessions = [s for s in self.sessions.values() if not s.closing]
+        # Behind real time: audio waiting, less what a client sent ahead of real time (a file
+        # streamed fast is a backlog the client made, not a sign the engine falls behind).
+        behind = sorted(
+            max(0, s._buffered - chunk - max(0, s._received - int((now - s.opened_at) * rate)))
+            for s in sessions
+        )
+        self._backlog_now = behind[int(0.9 * (len(behind) - 1))] / rate if behind else 0.0
+        self._backlog_lag.add(self._backlog_now, now)
+        if self.shed_lag is not None and self._backlog_now > self.shed_lag:
+            # The model cannot keep up with the sessions already admitted: end the newest,
+            # a tenth at a time, so the ones that came first keep real time.
+            for session in sessions[-max(1, len(sessions) // 10):]:
+                self.shed += 1
+                session.fail(Error(ErrorCode.OVERLOADED, "this worker fell behind; the newest sessions are ended first"))
+                self.drop(session)
 
     # ------------------------------------------------------------------ sessions
 
@@ -174,6 +207,7 @@ class EngineCore:
                     "try again later or elsewhere"
                 )
         session = Session(self.adapter.sample_rate, self.max_buffer_samples)
+        session.opened_at = time.monotonic()  # for the backlog measure: real time since open
         self.sessions[session.id] = session
         return session
 

@@ -84,6 +84,10 @@ class _EngineCollector:
             refused.add_metric([reason], e.refused.get(reason, 0))
         yield refused
         yield CounterMetricFamily(
+            "nvasr_sessions_shed", "Sessions ended with `overloaded` because the engine fell behind (newest first)",
+            value=e.shed,
+        )
+        yield CounterMetricFamily(
             "nvasr_failed_streams", "Sessions ended because the model failed on their own step",
             value=e.failed_streams,
         )
