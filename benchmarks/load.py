@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -225,7 +226,9 @@ class Worker:
         cmd = [sys.executable, "-m", "services.cli", "serve", "nemotron", "--model", model, "--chunk-ms", str(chunk_ms),
                "--no-auth", "--port", str(port), "--max-sessions", "20000", *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
-        self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The log goes to a file: a pipe nobody reads fills up and blocks the worker.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="nvasr-load-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 180
         while True:
             try:
@@ -233,7 +236,7 @@ class Worker:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("worker did not start: " + self.proc.stderr.read().decode()[-2000:])
+                    raise RuntimeError("worker did not start: " + Path(self.log.name).read_text()[-2000:])
                 time.sleep(0.3)
 
     def cpu_seconds(self) -> float:
