@@ -217,6 +217,8 @@ async def test_a_client_that_never_reads_is_bounded_then_cut_off():
     state = app.state.listen_state
     with LiveServer(app) as srv:
         ws = await _connect(srv, rcvbuf=4096)
+        while not ws.texts:  # `ready`
+            await asyncio.sleep(0.01)
         ws.transport.pause_reading()  # never read again: the server's sends back up
         audio = frame(OP_BINARY, b"\x01\x00" * 2560)  # one 160 ms chunk per frame
         peak = coalesced = 0
@@ -233,6 +235,7 @@ async def test_a_client_that_never_reads_is_bounded_then_cut_off():
                 break
             await asyncio.sleep(0.05)
         ws.abort()
+        await asyncio.sleep(0.1)  # let the loop actually drop the socket before the server stops
     assert not state.connections and not app.state.engine.sessions, "the slow consumer was never cut off"
     assert state.cut_off["slow_consumer"] == 1
     assert coalesced > 0, "pending partials did not coalesce"

@@ -73,6 +73,7 @@ class EngineCore:
         on_step: Optional[StepObserver] = None,
         admit_lag: Optional[float] = None,
         shed_lag: Optional[float] = None,
+        admit_load: float = 0.8,
     ):
         self.adapter = adapter
         self.max_sessions = min(max_sessions or adapter.max_streams, adapter.max_streams)
@@ -80,6 +81,10 @@ class EngineCore:
         self.max_buffer_samples = int(max_buffer_seconds * adapter.sample_rate)
         self.on_step = on_step
         self.admit_lag = admit_lag  # seconds; None: admit by session count only
+        # with admit_lag set, also refuse when one more stream would make a round of steps over
+        # all sessions take more than this fraction of a chunk of audio (measured step times)
+        self.admit_load = admit_load
+        self._step_cost: dict[int, tuple] = {}  # batch bucket (power of 2) → EWMA (seconds, batch size)
         # sessions this far behind (p90) → the newest are ended with `overloaded` (None: never)
         self.shed_lag = shed_lag
         self.shed = 0  # sessions ended to protect older ones
@@ -155,6 +160,21 @@ class EngineCore:
         now = time.monotonic()
         return max(self._step_wait.value(now), self._ready.oldest_wait(now), self._backlog_lag.value(now))
 
+    def predicted_round(self, streams: int) -> float:
+        """Seconds of model time for every one of `streams` to advance by one chunk, from the
+        step times measured so far (a larger batch's time bounds a smaller one's; beyond the
+        largest batch seen, time grows in proportion: a cautious guess on a GPU, where it grows
+        less)."""
+        costs = self._step_cost
+        if not costs or streams <= 0:
+            return 0.0
+        batch = min(streams, self.max_batch)
+        steps = -(-streams // batch)
+        bucket = 1 << (batch - 1).bit_length()
+        known = [b for b in costs if b >= bucket]
+        seconds, size = costs[min(known)] if known else costs[max(costs)]
+        return steps * seconds * max(1.0, batch / size)
+
     def loop_lag(self) -> float:
         return self._loop_lag.value(time.monotonic())
 
@@ -199,6 +219,13 @@ class EngineCore:
             self.refused["sessions"] += 1
             raise Overloaded(f"this worker is at its limit of {self.max_sessions} sessions")
         if self.admit_lag is not None and self.sessions:
+            round_s, chunk_s = self.predicted_round(len(self.sessions) + 1), self._chunk / self.adapter.sample_rate
+            if round_s > self.admit_load * chunk_s:
+                self.refused["capacity"] += 1
+                raise Overloaded(
+                    f"this worker is at its model's capacity (a step over every session would take "
+                    f"{round_s * 1000:.0f} ms per {chunk_s * 1000:.0f} ms of audio); try again later or elsewhere"
+                )
             lag = self.lag()
             if lag > self.admit_lag:
                 self.refused["lag"] += 1
@@ -326,8 +353,12 @@ class EngineCore:
                 self.isolation_steps += 1
                 self._run_isolating(half, outputs, failed)
             return
+        elapsed = time.perf_counter() - started
+        bucket = 1 << (len(items) - 1).bit_length()
+        seconds, size = self._step_cost.get(bucket, (elapsed, len(items)))
+        self._step_cost[bucket] = (0.8 * seconds + 0.2 * elapsed, 0.8 * size + 0.2 * len(items))
         if self.on_step:
-            self.on_step(len(items), time.perf_counter() - started)
+            self.on_step(len(items), elapsed)
         outputs.update(zip((item.stream_id for item in items), results))
 
     def _fail(self, session: Session, stream_id: Optional[int], exc: Exception) -> None:

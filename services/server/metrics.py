@@ -75,12 +75,16 @@ class _EngineCollector:
         yield GaugeMetricFamily(
             "nvasr_loop_lag_seconds", "Longest event-loop delay (last 1-2 s)", value=e.loop_lag()
         )
+        yield GaugeMetricFamily(
+            "nvasr_predicted_round_seconds", "Model time for every open session to advance one chunk (estimate)",
+            value=e.predicted_round(len(e.sessions)),
+        )
         yield GaugeMetricFamily("nvasr_draining", "1 while the worker drains for shutdown", value=int(e.draining))
         refused = CounterMetricFamily(
-            "nvasr_sessions_refused", "Sessions refused at open, by reason (sessions, lag, draining)",
+            "nvasr_sessions_refused", "Sessions refused at open, by reason (sessions, capacity, lag, draining)",
             labels=["reason"],
         )
-        for reason in ("sessions", "lag", "draining"):
+        for reason in ("sessions", "capacity", "lag", "draining"):
             refused.add_metric([reason], e.refused.get(reason, 0))
         yield refused
         yield CounterMetricFamily(
