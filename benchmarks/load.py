@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -221,9 +222,11 @@ class Generator:
 
 
 class Worker:
-    def __init__(self, model: str, chunk_ms: int, port: int, extra: list[str], root: Path = ROOT):
+    def __init__(self, model: str, chunk_ms: int, port: int, extra: list[str], root: Path = ROOT, profile=None):
         self.port = port
-        cmd = [sys.executable, "-m", "services.cli", "serve", "nemotron", "--model", model, "--chunk-ms", str(chunk_ms),
+        self.profile = profile
+        prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        cmd = [sys.executable, *prefix, "-m", "services.cli", "serve", "nemotron", "--model", model, "--chunk-ms", str(chunk_ms),
                "--no-auth", "--port", str(port), "--max-sessions", "20000", *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
         # The log goes to a file: a pipe nobody reads fills up and blocks the worker.
@@ -250,6 +253,10 @@ class Worker:
         return 0.0
 
     def stop(self) -> None:
+        if self.profile:  # SIGINT ends in a KeyboardInterrupt: cProfile still writes its stats
+            self.proc.send_signal(signal.SIGINT)
+            time.sleep(1)
+            self.proc.send_signal(signal.SIGINT)
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -265,10 +272,11 @@ async def ramp(worker: Worker, frame_ms: int, levels: list[int], settle: float, 
     await gen.start()
     results, base = [], None
     for level in levels:
-        gen.stats.errors = 0
+        gen.stats.reset()
         connect_started = time.perf_counter()
         await gen.add(level - len(gen.clients))
         connect_s = time.perf_counter() - connect_started
+        connect_errors = dict(gen.stats.error_kinds)
         await asyncio.sleep(settle)
         gen.stats.reset()
         cpu0, t0 = worker.cpu_seconds(), time.perf_counter()
@@ -278,7 +286,8 @@ async def ramp(worker: Worker, frame_ms: int, levels: list[int], settle: float, 
         row = {
             "streams": len(gen.clients), "target": level, "connect_s": round(connect_s, 2),
             "finalize_ms": percentiles(s.finalize), "partial_lag_ms": percentiles(s.partial_lag),
-            "errors": s.errors, "error_kinds": dict(s.error_kinds),
+            "errors": s.errors + sum(connect_errors.values()), "error_kinds": dict(s.error_kinds),
+            "connect_errors": connect_errors,
             "worker_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "worker_rss_mb": round(worker.rss_mb(), 1),
             "messages_per_s": round(s.sent / (t1 - t0)),
             "worker_us_per_message": round(1e6 * (cpu1 - cpu0) / max(1, s.sent), 1),
@@ -287,7 +296,7 @@ async def ramp(worker: Worker, frame_ms: int, levels: list[int], settle: float, 
         p99 = row["finalize_ms"]["p99"]
         if base is None:
             base = p99
-        row["held"] = bool(p99 is not None and p99 <= base + 100 and s.errors == 0 and row["streams"] == level)
+        row["held"] = bool(p99 is not None and p99 <= base + 100 and row["errors"] == 0 and row["streams"] == level)
         results.append(row)
         print_row(frame_ms, row)
         if not row["held"]:
@@ -315,6 +324,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--worker-arg", action="append", default=[], help="extra `nvasr serve` flag (repeatable)")
     ap.add_argument("--worker-root", type=Path, default=ROOT, help="run the worker from another checkout (a baseline)")
+    ap.add_argument("--profile", help="run the worker under cProfile, stats to this file (written at exit)")
     ap.add_argument("--json")
     args = ap.parse_args()
     try:
@@ -331,7 +341,7 @@ def main() -> None:
           f"{'cpu%':>6} {'rss_mb':>7} {'us/msg':>6} {'late99':>7}")
     for frame_ms in args.frame_ms:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else DEFAULT_LEVELS[(kind, frame_ms)]
-        worker = Worker(args.model, args.chunk_ms, args.port, args.worker_arg, args.worker_root)
+        worker = Worker(args.model, args.chunk_ms, args.port, args.worker_arg, args.worker_root, args.profile)
         try:
             rows = asyncio.run(ramp(worker, frame_ms, levels, args.settle, args.duration))
         finally:

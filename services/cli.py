@@ -67,11 +67,12 @@ def _serve_streaming(args) -> None:
         max_sessions=args.max_sessions,
         max_batch=args.max_batch,
         admit_lag_ms=args.admit_lag_ms if args.admit_lag_ms > 0 else None,
+        shed_lag_s=None if args.admit_lag_ms <= 0 else 2.0,
         idle_timeout_s=args.idle_timeout if args.idle_timeout > 0 else None,
         token=resolve_token(args),
     )
     app = create_streaming_app(cfg)
-    drain.serve(app, args.host, args.port, args.drain_seconds, log_level="info", ws_max_size=4 * 1024 * 1024)
+    drain.serve(app, args.host, args.port, args.drain_seconds, log_level="info", ws=args.ws, ws_max_size=4 * 1024 * 1024)
 
 
 async def _stream(args) -> int:
@@ -225,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--chunk-ms", type=int, choices=[80, 160, 560, 1120])
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
-        p.add_argument("--admit-lag-ms", type=float, default=500, help="refuse new sessions while the engine runs this far behind (0: off)")
+        p.add_argument("--admit-lag-ms", type=float, default=500, help="refuse new sessions while the engine runs this far behind (0: no admission control or shedding)")
         p.add_argument("--idle-timeout", type=float, default=60, help="end sessions that send nothing this many seconds (0: never)")
+        p.add_argument("--ws", default="auto", choices=["auto", "websockets", "websockets-sansio", "wsproto"],
+                       help="uvicorn's WebSocket implementation (benchmarks/load.py compares them)")
         p.add_argument("--drain-seconds", type=float, default=10, help="on SIGTERM, how long open sessions get to finish")
         _add_server_flags(p)
         p.set_defaults(run=_serve_streaming)

@@ -95,24 +95,49 @@ class _Resampler:
 class _Connection:
     """One open session's socket-side state, visible to the reaper and the drain."""
 
-    __slots__ = ("ws", "backend", "session", "resample", "last_rx", "client_closed", "drained", "ending", "tasks")
+    __slots__ = ("ws", "backend", "session", "resample", "last_rx", "client_closed", "drained", "ending", "tasks",
+                 "pending", "coalesce_bytes")
 
-    def __init__(self, ws: WebSocket, backend: ListenBackend, session, resample):
+    def __init__(self, ws: WebSocket, backend: ListenBackend, session, resample, rate: int):
         self.ws = ws
         self.backend = backend
         self.session = session
         self.resample = resample
+        # Frames are gathered into one chunk of audio before they are converted and handed on:
+        # the engine cannot step a stream before it holds a whole chunk, so this costs no
+        # latency, and small frames (20 ms) pay the conversion and the append once per chunk.
+        self.pending = bytearray()
+        self.coalesce_bytes = 2 * max(1, rate * int(getattr(backend, "chunk_ms", 0) or 0) // 1000)
         self.last_rx = time.monotonic()
         self.client_closed = False  # the client sent `close`
         self.drained = False  # the worker ended the session to shut down
         self.ending: Optional[Error] = None  # set by the reaper: why the session is cut off
         self.tasks: tuple = ()
 
+    def push_pending(self) -> None:
+        """Hand the gathered frames to the backend (raises Overloaded like append)."""
+        if not self.pending:
+            return
+        samples = np.frombuffer(self.pending, dtype="<i2").astype(np.float32)
+        self.pending = bytearray()
+        samples *= PCM_SCALE
+        if self.resample is not None:
+            samples = self.resample(samples)
+        self.backend.append(self.session, samples)
+
+    def flush_audio(self) -> None:
+        """Everything received so far reaches the backend (before a finalize or close)."""
+        self.push_pending()
+        if self.resample is not None:
+            self.backend.append(self.session, self.resample.flush())
+
     def flush_and_close(self) -> None:
         if self.session.closing:
             return
-        if self.resample is not None:
-            self.backend.append(self.session, self.resample.flush())
+        try:
+            self.flush_audio()
+        except Overloaded:
+            pass  # the close below still flushes what the session holds
         self.backend.close(self.session)
 
     def cut_off(self, error: Error) -> None:
@@ -229,7 +254,7 @@ async def serve_listen(
     metrics.sessions.inc()
     metrics.active_sessions.inc()
     resample = _Resampler(rate, backend.sample_rate) if rate != backend.sample_rate else None
-    conn = _Connection(ws, backend, session, resample)
+    conn = _Connection(ws, backend, session, resample, rate)
     state.add(conn)
     ready = Ready(session.id, backend.model_name, backend.sample_rate, backend.chunk_ms)
     try:
@@ -264,9 +289,9 @@ async def serve_listen(
 
 async def _receive(conn: _Connection, metrics: Metrics) -> bool:
     """Client → backend until the client closes (True) or goes away / is cut off (False)."""
-    ws, backend, session, resample = conn.ws, conn.backend, conn.session, conn.resample
+    ws, backend, session = conn.ws, conn.backend, conn.session
     receive = ws._receive  # the raw ASGI channel: starlette's wrapper re-checks state per frame
-    append = backend.append
+    coalesce = conn.coalesce_bytes
     while True:
         message = await receive()
         conn.last_rx = time.monotonic()
@@ -287,15 +312,13 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
                     "PCM s16le frames need an even number of bytes; this frame was dropped",
                 )
                 continue
-            samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
-            samples *= PCM_SCALE
-            if resample is not None:
-                samples = resample(samples)
-            try:
-                append(session, samples)
-            except Overloaded as exc:
-                await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
-                return False
+            conn.pending += data
+            if len(conn.pending) >= coalesce:
+                try:
+                    conn.push_pending()
+                except Overloaded as exc:
+                    await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
+                    return False
             continue
         if message["type"] == "websocket.disconnect":
             return False
@@ -309,8 +332,11 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
         elif isinstance(command, (Finalize, Close)):
             if session.closing:
                 continue  # the worker is already flushing this session (a drain)
-            if resample is not None:
-                backend.append(session, resample.flush())
+            try:
+                conn.flush_audio()
+            except Overloaded as exc:
+                await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
+                return False
             if isinstance(command, Finalize):
                 backend.finalize(session)
             else:
