@@ -113,7 +113,7 @@ class ChattyAdapter(NullAdapter):
 
 def _server(adapter=None, **settings):
     cfg = StreamingConfig(model="null", token=TOKEN, warmup=False, max_sessions=settings.pop("max_sessions", 64),
-                          idle_timeout_s=settings.pop("idle_timeout", None))
+                          idle_timeout_s=settings.pop("idle_timeout", None), admit_lag_ms=None)  # tested elsewhere
     app = create_streaming_app(cfg, adapter=adapter)
     state = app.state.listen_state
     for key, value in settings.items():

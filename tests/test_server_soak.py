@@ -64,7 +64,8 @@ async def test_two_thousand_mixed_sessions_leave_nothing_behind():
     input and oversized frames, 16 at a time, with no model (the host side is what is tested)."""
     from benchmarks.soak import run_soak
 
-    cfg = StreamingConfig(model="null", max_sessions=64, token=TOKEN, warmup=False)
+    # admission control off: a loaded CI machine's event-loop hiccups are not what this tests
+    cfg = StreamingConfig(model="null", max_sessions=64, token=TOKEN, warmup=False, admit_lag_ms=None)
     app = create_streaming_app(cfg)
     with LiveServer(app) as srv:
         port = int(srv.http.rsplit(":", 1)[1])
@@ -80,7 +81,7 @@ async def test_two_thousand_mixed_sessions_leave_nothing_behind():
         health = httpx.get(srv.http + "/health", headers=auth).json()
         metrics = httpx.get(srv.http + "/metrics", headers=auth).text
     engine = app.state.engine
-    assert not result["failures"], result["failures"]
+    assert not result["failures"], (result["failures"], engine.refused)
     assert health["sessions"] == 0 and health["model_streams"] == 0
     assert not engine.sessions and engine.adapter.active_streams() == 0 and not len(engine._ready)
     assert not app.state.listen_state.connections
