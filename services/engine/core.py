@@ -162,9 +162,7 @@ class EngineCore:
 
     def predicted_round(self, streams: int) -> float:
         """Seconds of model time for every one of `streams` to advance by one chunk, from the
-        step times measured so far (a larger batch's time bounds a smaller one's; beyond the
-        largest batch seen, time grows in proportion: a cautious guess on a GPU, where it grows
-        less)."""
+        step times measured so far (EWMA per power-of-two batch size)."""
         costs = self._step_cost
         if not costs or streams <= 0:
             return 0.0
@@ -173,7 +171,10 @@ class EngineCore:
         bucket = 1 << (batch - 1).bit_length()
         known = [b for b in costs if b >= bucket]
         seconds, size = costs[min(known)] if known else costs[max(costs)]
-        return steps * seconds * max(1.0, batch / size)
+        # Within what was measured, time grows with the batch; beyond it, at most one doubling
+        # is guessed: on a GPU a bigger batch costs little more, and continuous batching
+        # measures bigger batches as soon as the load makes them.
+        return steps * seconds * min(2.0, max(1.0, batch / size))
 
     def loop_lag(self) -> float:
         return self._loop_lag.value(time.monotonic())
