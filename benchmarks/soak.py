@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     cmd = [sys.executable, "-m", "services.cli", "serve", "nemotron", "--model", args.model, "--no-auth",
-           "--port", str(args.port), "--max-sessions", "256"]
+           "--port", str(args.port), "--max-sessions", "256", "--admit-lag-ms", "0"]  # leaks, not admission
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{args.port}"
