@@ -7,8 +7,8 @@ ramped against a worker process started here, until latency or errors say it bro
 Each client streams real speech (tests/assets/heldout clips, 0.6 s of silence after each)
 in real time, in frames of `--frame-ms`, and sends `finalize` 0.2 s after each clip ends,
 as a VAD stop would. Per level, over `--duration` seconds after a settling time:
-finalize → final (the final with `from_finalize`) p50/p95/p99, partial lag (arrival −
-when the audio it covers was sent) p50/p95/p99, errors (error messages, refused or
+finalize → final (the final with `from_finalize`) p50/p95/p99, partial lag (arrival − when
+a microphone would have had the audio up to the partial's `end`) p50/p95/p99, errors (error messages, refused or
 dropped connections), the worker's CPU (% of one core) and RSS, its CPU per client
 message (µs), and how late this generator sent its frames (if that grows, the generator,
 not the worker, is the limit: both share the machine's cores).
@@ -114,7 +114,7 @@ class Client:
         self.sent = 0  # frames sent (stream position = sent * frame)
         self.stats = stats
         self.frame_s = frame_s
-        self.t0 = None  # when sample 0 was (scheduled to be) sent
+        self.t0 = None  # when sample 0 was captured, as a real-time microphone would have it
         self.finalizes: list[float] = []
         self.ws = None
         self.ready = asyncio.get_running_loop().create_future()
@@ -141,7 +141,9 @@ class Client:
 
     def send_next(self, scheduled: float, now: float) -> None:
         if self.t0 is None:
-            self.t0 = scheduled
+            # A microphone has the audio of a frame at the frame's END; this generator sends each
+            # frame at its start, so sample 0 counts as captured one frame before the first send.
+            self.t0 = scheduled - self.frame_s
         ws = self.ws
         if not ws.is_open:
             if not self.done:
@@ -188,10 +190,13 @@ class Generator:
                 client.send_next(scheduled, now)
             j += 1
 
-    async def add(self, count: int, parallel: int = 64) -> None:
+    async def add(self, count: int, parallel: int = 32, per_second: float = 200.0) -> None:
+        """Connect `count` more clients, at most `per_second` (callers arrive over time; a
+        burst of handshakes would trip the worker's admission control, by design)."""
         sem = asyncio.Semaphore(parallel)
 
         async def one(index: int) -> None:
+            await asyncio.sleep((index - first) / per_second)
             async with sem:
                 client = Client(index, self.sequences[index % len(self.sequences)], self.stats, self.frame_s)
                 try:

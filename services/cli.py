@@ -72,7 +72,10 @@ def _serve_streaming(args) -> None:
         token=resolve_token(args),
     )
     app = create_streaming_app(cfg)
-    drain.serve(app, args.host, args.port, args.drain_seconds, log_level="info", ws=args.ws, ws_max_size=4 * 1024 * 1024)
+    # permessage-deflate off: PCM barely compresses (~0.9) and inflating every frame costs the
+    # worker 5-30 us per message (benchmarks/ingest.py --deflate); the client's deflate costs more
+    drain.serve(app, args.host, args.port, args.drain_seconds, log_level="info", ws=args.ws,
+                ws_max_size=4 * 1024 * 1024, ws_per_message_deflate=args.ws_deflate)
 
 
 async def _stream(args) -> int:
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--idle-timeout", type=float, default=60, help="end sessions that send nothing this many seconds (0: never)")
         p.add_argument("--ws", default="auto", choices=["auto", "websockets", "websockets-sansio", "wsproto"],
                        help="uvicorn's WebSocket implementation (benchmarks/load.py compares them)")
+        p.add_argument("--ws-deflate", action="store_true", help="accept permessage-deflate (costs CPU per frame)")
         p.add_argument("--drain-seconds", type=float, default=10, help="on SIGTERM, how long open sessions get to finish")
         _add_server_flags(p)
         p.set_defaults(run=_serve_streaming)

@@ -114,12 +114,14 @@ class _Connection:
         self.ending: Optional[Error] = None  # set by the reaper: why the session is cut off
         self.tasks: tuple = ()
 
-    def push_pending(self) -> None:
-        """Hand the gathered frames to the backend (raises Overloaded like append)."""
-        if not self.pending:
-            return
-        samples = np.frombuffer(self.pending, dtype="<i2").astype(np.float32)
-        self.pending = bytearray()
+    def push_pending(self, data: Optional[bytes] = None) -> None:
+        """Hand the gathered frames (or `data`, when nothing is gathered) to the backend;
+        raises Overloaded like append."""
+        if data is None:
+            if not self.pending:
+                return
+            data, self.pending = self.pending, bytearray()
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
         samples *= PCM_SCALE
         if self.resample is not None:
             samples = self.resample(samples)
@@ -312,13 +314,18 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
                     "PCM s16le frames need an even number of bytes; this frame was dropped",
                 )
                 continue
-            conn.pending += data
-            if len(conn.pending) >= coalesce:
-                try:
-                    conn.push_pending()
-                except Overloaded as exc:
-                    await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
-                    return False
+            if not conn.pending and size >= coalesce:
+                whole = data  # a frame of a chunk or more: no gathering, no copy
+            else:
+                conn.pending += data
+                whole = None
+                if len(conn.pending) < coalesce:
+                    continue
+            try:
+                conn.push_pending(whole)
+            except Overloaded as exc:
+                await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
+                return False
             continue
         if message["type"] == "websocket.disconnect":
             return False
