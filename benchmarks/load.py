@@ -283,25 +283,14 @@ async def ramp(worker: Worker, frame_ms: int, levels: list[int], settle: float, 
         connect_s = time.perf_counter() - connect_started
         connect_errors = dict(gen.stats.error_kinds)
         await asyncio.sleep(settle)
-        gen.stats.reset()
-        cpu0, t0 = worker.cpu_seconds(), time.perf_counter()
-        await asyncio.sleep(duration)
-        cpu1, t1 = worker.cpu_seconds(), time.perf_counter()
-        s = gen.stats
-        row = {
-            "streams": len(gen.clients), "target": level, "connect_s": round(connect_s, 2),
-            "finalize_ms": percentiles(s.finalize), "partial_lag_ms": percentiles(s.partial_lag),
-            "errors": s.errors + sum(connect_errors.values()), "error_kinds": dict(s.error_kinds),
-            "connect_errors": connect_errors,
-            "worker_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "worker_rss_mb": round(worker.rss_mb(), 1),
-            "messages_per_s": round(s.sent / (t1 - t0)),
-            "worker_us_per_message": round(1e6 * (cpu1 - cpu0) / max(1, s.sent), 1),
-            "generator_late_ms": percentiles(s.late),
-        }
-        p99 = row["finalize_ms"]["p99"]
+        for attempt in (1, 2):  # a level that breaks is measured once more: the machine is shared
+            row = await measure_level(gen, worker, duration, level, connect_s, connect_errors, base)
+            if row["held"] or connect_errors or row["errors"]:
+                break
+        row["attempts"] = attempt
         if base is None:
-            base = p99
-        row["held"] = bool(p99 is not None and p99 <= base + 100 and row["errors"] == 0 and row["streams"] == level)
+            base = row["finalize_ms"]["p99"]
+            row["held"] = row["finalize_ms"]["p99"] is not None and row["errors"] == 0
         results.append(row)
         print_row(frame_ms, row)
         if not row["held"]:
@@ -310,12 +299,35 @@ async def ramp(worker: Worker, frame_ms: int, levels: list[int], settle: float, 
     return results
 
 
+async def measure_level(gen, worker, duration, level, connect_s, connect_errors, base) -> dict:
+    """One measurement window at the current number of callers."""
+    gen.stats.reset()
+    cpu0, t0 = worker.cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(duration)
+    cpu1, t1 = worker.cpu_seconds(), time.perf_counter()
+    s = gen.stats
+    row = {
+        "streams": len(gen.clients), "target": level, "connect_s": round(connect_s, 2),
+        "finalize_ms": percentiles(s.finalize), "partial_lag_ms": percentiles(s.partial_lag),
+        "errors": s.errors + sum(connect_errors.values()), "error_kinds": dict(s.error_kinds),
+        "connect_errors": connect_errors,
+        "worker_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "worker_rss_mb": round(worker.rss_mb(), 1),
+        "messages_per_s": round(s.sent / (t1 - t0)),
+        "worker_us_per_message": round(1e6 * (cpu1 - cpu0) / max(1, s.sent), 1),
+        "generator_late_ms": percentiles(s.late),
+    }
+    p99 = row["finalize_ms"]["p99"]
+    limit = (p99 if base is None else base) + 100
+    row["held"] = bool(p99 is not None and p99 <= limit and row["errors"] == 0 and row["streams"] == level)
+    return row
+
+
 def print_row(frame_ms: int, r: dict) -> None:
     f, p = r["finalize_ms"], r["partial_lag_ms"]
     print(f"{frame_ms:>5} {r['streams']:>6} {f['p50'] or '-':>7} {f['p95'] or '-':>7} {f['p99'] or '-':>7} "
           f"{p['p50'] or '-':>7} {p['p99'] or '-':>7} {r['errors']:>6} {r['worker_cpu_pct']:>6} "
           f"{r['worker_rss_mb']:>7} {r['worker_us_per_message']:>6} {r['generator_late_ms']['p99'] or '-':>7} "
-          f"{'held' if r['held'] else 'BROKE'}", flush=True)
+          f"{'held' if r['held'] else 'BROKE'} {r['error_kinds'] or ''}{r['connect_errors'] or ''}", flush=True)
 
 
 def main() -> None:

@@ -101,6 +101,7 @@ class EngineCore:
         self._loop_lag = _WindowMax()
         self._backlog_lag = _WindowMax()
         self._backlog_now = 0.0
+        self._shed_hold = 0.0  # no shedding before this time (monotonic)
         self._releases: list[int] = []  # adapter streams to forget, on the inference thread
         self._wakeup = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -202,9 +203,11 @@ class EngineCore:
         )
         self._backlog_now = behind[int(0.9 * (len(behind) - 1))] / rate if behind else 0.0
         self._backlog_lag.add(self._backlog_now, now)
-        if self.shed_lag is not None and self._backlog_now > self.shed_lag:
-            # The model cannot keep up with the sessions already admitted: end the newest,
-            # a tenth at a time, so the ones that came first keep real time.
+        if self.shed_lag is not None and self._backlog_now > self.shed_lag and now >= self._shed_hold:
+            # The model cannot keep up with the sessions already admitted: end the newest, a
+            # tenth at a time, then wait `shed_lag` for the rest to catch up before judging
+            # again (their backlogs shrink only as fast as the worker works them off).
+            self._shed_hold = now + self.shed_lag
             for session in sessions[-max(1, len(sessions) // 10):]:
                 self.shed += 1
                 session.fail(Error(ErrorCode.OVERLOADED, "this worker fell behind; the newest sessions are ended first"))
