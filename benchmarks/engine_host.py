@@ -64,7 +64,7 @@ def main() -> None:
 
     rows = []
     print(f"{'active':>7} {'idle':>6} {'us/stream-step':>15} {'cpu us':>7}")
-    for active, idle in [(64, 0), (256, 0), (1024, 0), (256, 2000)]:
+    for active, idle in [(4, 0), (64, 0), (256, 0), (1024, 0), (256, 2000)]:
         row = asyncio.run(measure(core, NullAdapter, active, idle, args.chunks))
         rows.append(row)
         print(f"{active:>7} {idle:>6} {row['us_per_stream_step']:>15} {row['cpu_us_per_stream_step']:>7}", flush=True)
