@@ -25,8 +25,9 @@ class ErrorCode:
     UNAUTHORIZED = "unauthorized"
     OVERLOADED = "overloaded"
     INTERNAL = "internal"
+    TIMEOUT = "timeout"  # the client sent nothing for the worker's idle timeout
 
-    ALL = (BAD_AUDIO, BAD_MESSAGE, UNAUTHORIZED, OVERLOADED, INTERNAL)
+    ALL = (BAD_AUDIO, BAD_MESSAGE, UNAUTHORIZED, OVERLOADED, INTERNAL, TIMEOUT)
 
 
 class CloseCode:
@@ -37,7 +38,9 @@ class CloseCode:
     POLICY = 1008  # unauthorized, or a protocol violation that ends the session
     TOO_BIG = 1009  # a frame over the size limit
     INTERNAL = 1011
+    SERVICE_RESTART = 1012  # the worker is shutting down: finals were sent, reconnect
     OVERLOADED = 1013  # try again later
+    IDLE = 4408  # no frame from the client for the idle timeout (like HTTP 408)
 
 
 class ProtocolError(Exception):

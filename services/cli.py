@@ -54,8 +54,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_streaming(args) -> None:
-    import uvicorn
-
+    from .server import drain
     from .streaming_worker import StreamingConfig, create_streaming_app
 
     cfg = StreamingConfig(
@@ -68,10 +67,16 @@ def _serve_streaming(args) -> None:
         finalize_wait_ms=args.finalize_wait_ms,
         max_sessions=args.max_sessions,
         max_batch=args.max_batch,
+        admit_lag_ms=args.admit_lag_ms if args.admit_lag_ms > 0 else None,
+        shed_lag_s=None if args.admit_lag_ms <= 0 else 2.0,
+        idle_timeout_s=args.idle_timeout if args.idle_timeout > 0 else None,
         token=resolve_token(args),
     )
     app = create_streaming_app(cfg)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws_max_size=4 * 1024 * 1024)
+    # permessage-deflate off: PCM barely compresses (~0.9) and inflating every frame costs the
+    # worker 5-30 us per message (benchmarks/ingest.py --deflate); the client's deflate costs more
+    drain.serve(app, args.host, args.port, args.drain_seconds, log_level="info", ws=args.ws,
+                ws_max_size=4 * 1024 * 1024, ws_per_message_deflate=args.ws_deflate)
 
 
 async def _stream(args) -> int:
@@ -218,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_sub = serve.add_subparsers(dest="worker", required=True)
     for worker in STREAMING_WORKERS:
         p = serve_sub.add_parser(worker, help=f"the {worker} streaming worker")
-        p.add_argument("--model", help="Hugging Face id or local .nemo (default: the production model)")
+        p.add_argument("--model", help="Hugging Face id, local .nemo, or null (no model: host cost only)")
         p.add_argument("--fallback-model", help="local .nemo to use, with a warning, if --model cannot load")
         p.add_argument("--device", default="cuda" if _cuda() else "cpu")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
@@ -227,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-batch", type=int, default=64)
         p.add_argument("--finalize-wait-ms", type=int,
                        help="how long a finalize waits for its chunk to fill before zero-padding it (default: one chunk)")
+        p.add_argument("--admit-lag-ms", type=float, default=500, help="refuse new sessions while the engine runs this far behind (0: no admission control or shedding)")
+        p.add_argument("--idle-timeout", type=float, default=60, help="end sessions that send nothing this many seconds (0: never)")
+        p.add_argument("--ws", default="auto", choices=["auto", "websockets", "websockets-sansio", "wsproto"],
+                       help="uvicorn's WebSocket implementation (benchmarks/load.py compares them)")
+        p.add_argument("--ws-deflate", action="store_true", help="accept permessage-deflate (costs CPU per frame)")
+        p.add_argument("--drain-seconds", type=float, default=10, help="on SIGTERM, how long open sessions get to finish")
         _add_server_flags(p)
         p.set_defaults(run=_serve_streaming)
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from .engine.adapter import StreamingAdapter
 from .engine.core import EngineCore
 from .server.app import create_app
+from .server.listen import ListenSettings
 from .server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,10 @@ class StreamingConfig:
     chunk_ms: Optional[int] = None
     max_sessions: int = 256
     max_batch: int = 64
-    max_buffer_seconds: float = 10.0
+    max_buffer_seconds: float = 10.0  # a session this far behind is ended with `overloaded`
+    admit_lag_ms: Optional[float] = 500.0  # refuse new sessions while the engine lags more (None: off)
+    shed_lag_s: Optional[float] = 2.0  # most sessions this far behind → the newest are ended (None: off)
+    idle_timeout_s: Optional[float] = 60.0  # no frame from a client this long → `timeout`, 4408
     # how long a finalize waits for the chunk holding the VAD stop to fill (None: one chunk);
     # 0 pads the tail with zeros at once (lowest latency; a VAD stop inside a word cuts it)
     finalize_wait_ms: Optional[int] = None
@@ -80,6 +84,10 @@ def load_adapter(cfg: StreamingConfig) -> StreamingAdapter:
     """Load the worker's model; if it cannot be had and a fallback is set, say so and use that."""
     if cfg.worker not in ADAPTERS:
         raise ValueError(f"unknown streaming worker {cfg.worker!r}; known: {sorted(ADAPTERS)}")
+    if cfg.model == "null":  # no model: measures the host side alone (benchmarks/load.py)
+        from .adapters.null import NullAdapter
+
+        return NullAdapter(chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS[cfg.worker], max_streams=cfg.max_sessions)
     build = ADAPTERS[cfg.worker]
     try:
         return build(cfg, cfg.model_id)
@@ -108,7 +116,10 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         max_buffer_seconds=cfg.max_buffer_seconds,
         finalize_wait=None if cfg.finalize_wait_ms is None else cfg.finalize_wait_ms / 1000,
         on_step=metrics.observe_step,
+        admit_lag=cfg.admit_lag_ms / 1000 if cfg.admit_lag_ms is not None else None,
+        shed_lag=cfg.shed_lag_s,
     )
+    metrics.watch_engine(engine)
     adapter.on_eou = metrics.eou_latency.observe  # adapters whose model ends utterances
 
     async def start() -> None:
@@ -132,6 +143,8 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         on_startup=[start],
         on_shutdown=[engine.stop],
         health=health,
+        listen_settings=ListenSettings(idle_timeout=cfg.idle_timeout_s),
     )
+    metrics.watch_listen(app.state.listen_state)
     app.state.engine = engine
     return app

@@ -227,14 +227,20 @@ async def test_flush_on_a_chunk_boundary_does_not_depend_on_close_timing(adapter
         engine = EngineCore(adapter)
         await engine.start()
         session = engine.open()
+
+        async def read_all():  # read as a socket would: pending partials coalesce otherwise
+            events = [await asyncio.wait_for(session.outbox.get(), 30)]
+            while not isinstance(events[-1], Closed):
+                events.append(await asyncio.wait_for(session.outbox.get(), 30))
+            return events
+
+        reader = asyncio.create_task(read_all())
         engine.append(session, audio)
         if not close_early:
             while session._consumed < len(audio):
                 await asyncio.sleep(0.01)
         engine.close(session)
-        events = [await asyncio.wait_for(session.outbox.get(), 30)]
-        while not isinstance(events[-1], Closed):
-            events.append(await asyncio.wait_for(session.outbox.get(), 30))
+        events = await reader
         await engine.stop()
         return events
 

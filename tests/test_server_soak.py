@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import resource
 
@@ -50,3 +51,40 @@ async def test_thousand_sequential_sessions_keep_slots_and_memory_flat(tiny_rnnt
     assert not engine.sessions and engine.adapter.active_streams() == 0
     assert not engine.adapter._processed, "per-stream bookkeeping leaked"
     assert growth < 40, f"memory grew by {growth:.1f} MB over 1000 sessions"
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_two_thousand_mixed_sessions_leave_nothing_behind():
+    """The CI version of benchmarks/soak.py: closes, finalize-then-close, abrupt disconnects, bad
+    input and oversized frames, 16 at a time, with no model (the host side is what is tested)."""
+    from benchmarks.soak import run_soak
+
+    # admission control off: a loaded CI machine's event-loop hiccups are not what this tests
+    cfg = StreamingConfig(model="null", max_sessions=64, token=TOKEN, warmup=False, admit_lag_ms=None)
+    app = create_streaming_app(cfg)
+    with LiveServer(app) as srv:
+        port = int(srv.http.rsplit(":", 1)[1])
+        warm = await run_soak("127.0.0.1", port, 200, concurrency=16, token=TOKEN)
+        assert not warm["failures"], warm["failures"]
+        gc.collect()
+        rss0, fds0 = _rss_mb(), _open_fds()
+        result = await run_soak("127.0.0.1", port, 2000, concurrency=16, token=TOKEN)
+        await asyncio.sleep(0.5)  # the server finishes tearing the last sockets down
+        gc.collect()
+        rss_growth, fds_growth = _rss_mb() - rss0, _open_fds() - fds0
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        health = httpx.get(srv.http + "/health", headers=auth).json()
+        metrics = httpx.get(srv.http + "/metrics", headers=auth).text
+    engine = app.state.engine
+    assert not result["failures"], (result["failures"], engine.refused)
+    assert health["sessions"] == 0 and health["model_streams"] == 0
+    assert not engine.sessions and engine.adapter.active_streams() == 0 and not len(engine._ready)
+    assert not app.state.listen_state.connections
+    assert "nvasr_active_sessions 0.0" in metrics
+    assert fds_growth <= 2, f"{fds_growth} file descriptors leaked over 2000 sessions"
+    assert rss_growth < 30, f"memory grew by {rss_growth:.1f} MB over 2000 sessions"

@@ -67,7 +67,19 @@ class StreamingAdapter(ABC):
 
     @abstractmethod
     def step(self, items: list[StepItem]) -> list[StepOutput]:
-        """Run every item in one batch; return one output per item, in order."""
+        """Run every item in one batch; return one output per item, in order.
+
+        Atomic per call: if `step` raises, no stream's state may have changed. The engine
+        relies on it to isolate a failure — it splits the batch in halves and reruns each
+        from the same state until only the stream that makes the model fail is left, and
+        only that session gets `internal`. An adapter that mutates per-stream state in
+        stages (feature buffers, then encoder caches, then decoders) keeps this promise by
+        validating input before touching state; where a failure can still strike midway
+        (e.g. out of memory inside the encoder), the retried rows may see that chunk twice —
+        one damaged chunk of transcript for the survivors instead of ending every session
+        in the batch. NeMo's multi-stream pipeline (adapters/cache_aware.py) is in this
+        second group; snapshotting its per-row feature buffers would make it exact.
+        """
 
     @abstractmethod
     def release(self, stream_id: int) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from pipecat_nvasr.protocol import BoostPhrase, Closed, Error, Final, Partial
 
 from .adapter import StepItem, StepOutput
+from .outbox import Outbox
 
 Outgoing = Union[Partial, Final, Closed, Error]
 
@@ -34,7 +35,7 @@ class Session:
         self.id = uuid.uuid4().hex
         self.sample_rate = sample_rate
         self.max_buffer_samples = max_buffer_samples
-        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.outbox = Outbox()  # of Outgoing; pending partials coalesce
         self._boost: list[BoostPhrase] = []
         self._boost_changed = False
         self.last_step = -1  # engine step that last served this session: oldest first

@@ -18,7 +18,7 @@ from pipecat_nvasr.protocol import LISTEN_PATH, PROTOCOL_VERSION
 
 from .auth import is_authorized, is_short_lived, presented_token
 from .frontend import page_router, token_router
-from .listen import ListenBackend, serve_listen
+from .listen import ListenBackend, ListenSettings, ListenState, serve_listen
 from .metrics import Metrics
 
 Hook = Callable[[], Awaitable[None]]
@@ -52,8 +52,10 @@ def create_app(
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
     health: Optional[Callable[[], dict]] = None,
+    listen_settings: Optional[ListenSettings] = None,
 ) -> FastAPI:
     metrics = metrics or Metrics(worker)
+    listen_state = ListenState(listen_settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -68,6 +70,7 @@ def create_app(
     app = FastAPI(title=f"nvasr {worker} worker", lifespan=lifespan)
     app.state.metrics = metrics
     app.state.listen = listen
+    app.state.listen_state = listen_state  # open sockets: the reaper and the drain (server/drain.py)
     auth = [Depends(require_token(token))]
 
     @app.get("/health", dependencies=auth)
@@ -87,7 +90,7 @@ def create_app(
 
         @app.websocket(LISTEN_PATH)
         async def listen_socket(ws: WebSocket) -> None:
-            await serve_listen(ws, listen, token, metrics)
+            await serve_listen(ws, listen, token, metrics, listen_state)
 
         # The browser page (public static files) and short-lived tokens for it.
         app.include_router(page_router())

@@ -4,12 +4,19 @@ A backend is the streaming engine (Nemotron, Parakeet realtime) or the VAD segme
 expose open/append/finalize/close/drop and a per-session outbox of protocol messages. This
 module only speaks the protocol: auth, validation, resampling, and the two halves of the
 socket (client → backend, outbox → client) running concurrently.
+
+Hostile or broken clients are bounded here: one reaper task per app ends sessions whose
+client sent nothing for `idle_timeout` (`timeout`, close 4408) or stopped reading while
+messages pile up (`overloaded`, 1013); `ListenState.drain` ends every session cleanly
+(finals, `closed`, close 1012) when the worker shuts down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import numpy as np
@@ -37,12 +44,22 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 256 * 1024  # 8 s of 16 kHz audio in one frame is plenty
+PCM_SCALE = np.float32(1 / 32768)
 
 FATAL_CLOSE = {
     ErrorCode.UNAUTHORIZED: CloseCode.POLICY,
     ErrorCode.OVERLOADED: CloseCode.OVERLOADED,
     ErrorCode.INTERNAL: CloseCode.INTERNAL,
+    ErrorCode.TIMEOUT: CloseCode.IDLE,
 }
+
+
+@dataclass
+class ListenSettings:
+    idle_timeout: Optional[float] = 60.0  # seconds without any client frame → `timeout`, 4408
+    max_pending: int = 256  # messages waiting for a client that does not read → `overloaded`
+    reap_interval: float = 0.5  # how often the reaper looks (one task for all sessions)
+    give_up_send: float = 2.0  # how long a last error/close may wait on a client that does not read
 
 
 class ListenBackend(Protocol):
@@ -75,6 +92,122 @@ class _Resampler:
         return tail
 
 
+class _Connection:
+    """One open session's socket-side state, visible to the reaper and the drain."""
+
+    __slots__ = ("ws", "backend", "session", "resample", "last_rx", "client_closed", "drained", "ending", "tasks",
+                 "pending", "coalesce_bytes")
+
+    def __init__(self, ws: WebSocket, backend: ListenBackend, session, resample, rate: int):
+        self.ws = ws
+        self.backend = backend
+        self.session = session
+        self.resample = resample
+        # Frames are gathered into one chunk of audio before they are converted and handed on:
+        # the engine cannot step a stream before it holds a whole chunk, so this costs no
+        # latency, and small frames (20 ms) pay the conversion and the append once per chunk.
+        self.pending = bytearray()
+        self.coalesce_bytes = 2 * max(1, rate * int(getattr(backend, "chunk_ms", 0) or 0) // 1000)
+        self.last_rx = time.monotonic()
+        self.client_closed = False  # the client sent `close`
+        self.drained = False  # the worker ended the session to shut down
+        self.ending: Optional[Error] = None  # set by the reaper: why the session is cut off
+        self.tasks: tuple = ()
+
+    def push_pending(self, data: Optional[bytes] = None) -> None:
+        """Hand the gathered frames (or `data`, when nothing is gathered) to the backend;
+        raises Overloaded like append."""
+        if data is None:
+            if not self.pending:
+                return
+            data, self.pending = self.pending, bytearray()
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
+        samples *= PCM_SCALE
+        if self.resample is not None:
+            samples = self.resample(samples)
+        self.backend.append(self.session, samples)
+
+    def flush_audio(self) -> None:
+        """Everything received so far reaches the backend (before a finalize or close)."""
+        self.push_pending()
+        if self.resample is not None:
+            self.backend.append(self.session, self.resample.flush())
+
+    def flush_and_close(self) -> None:
+        if self.session.closing:
+            return
+        try:
+            self.flush_audio()
+        except Overloaded:
+            pass  # the close below still flushes what the session holds
+        self.backend.close(self.session)
+
+    def cut_off(self, error: Error) -> None:
+        if self.ending is None:
+            self.ending = error
+            for task in self.tasks:
+                task.cancel()
+
+
+class ListenState:
+    """Per-app bookkeeping of open sessions: the reaper, the drain, the settings."""
+
+    def __init__(self, settings: Optional[ListenSettings] = None):
+        self.settings = settings or ListenSettings()
+        self.connections: set[_Connection] = set()
+        self.draining = False
+        self.cut_off = {"idle": 0, "slow_consumer": 0}
+        self._reaper: Optional[asyncio.Task] = None
+        self._empty = asyncio.Event()
+
+    def add(self, conn: _Connection) -> None:
+        self.connections.add(conn)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    def remove(self, conn: _Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._empty.set()
+
+    async def _reap(self) -> None:
+        s = self.settings
+        while self.connections:
+            await asyncio.sleep(s.reap_interval)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.ending is not None or conn.client_closed or conn.drained:
+                    continue
+                if conn.session.outbox.qsize() > s.max_pending:
+                    self.cut_off["slow_consumer"] += 1
+                    conn.cut_off(Error(ErrorCode.OVERLOADED, (
+                        f"the client is not reading: more than {s.max_pending} messages wait to be sent")))
+                elif s.idle_timeout is not None and now - conn.last_rx > s.idle_timeout:
+                    self.cut_off["idle"] += 1
+                    conn.cut_off(Error(ErrorCode.TIMEOUT, f"no frame from the client for {s.idle_timeout:g} s"))
+
+    async def drain(self, backend: Optional[ListenBackend], timeout: float) -> int:
+        """Refuse new sessions, end the open ones (their finals, `closed`, close 1012);
+        returns how many were still open after `timeout` seconds."""
+        self.draining = True
+        if backend is not None and hasattr(backend, "start_drain"):
+            backend.start_drain()
+        for conn in list(self.connections):
+            if not conn.session.closing:
+                conn.drained = True
+                conn.flush_and_close()
+        if self.connections:
+            self._empty.clear()
+            try:
+                await asyncio.wait_for(self._empty.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        left = len(self.connections)
+        for conn in list(self.connections):
+            conn.cut_off(Error(ErrorCode.OVERLOADED, "the worker is shutting down"))
+        return left
+
+
 async def _send_error(ws: WebSocket, metrics: Metrics, code: str, message: str, close: Optional[int] = None):
     metrics.errors.labels(code=code).inc()
     try:
@@ -85,7 +218,10 @@ async def _send_error(ws: WebSocket, metrics: Metrics, code: str, message: str, 
         pass
 
 
-async def serve_listen(ws: WebSocket, backend: ListenBackend, token: Optional[str], metrics: Metrics) -> None:
+async def serve_listen(
+    ws: WebSocket, backend: ListenBackend, token: Optional[str], metrics: Metrics, state: Optional[ListenState] = None
+) -> None:
+    state = state or ListenState()
     await ws.accept()
     if not is_authorized(ws, token, listen=True):  # short-lived browser tokens too
         await _send_error(ws, metrics, ErrorCode.UNAUTHORIZED, "missing or wrong token", CloseCode.POLICY)
@@ -110,6 +246,8 @@ async def serve_listen(ws: WebSocket, backend: ListenBackend, token: Optional[st
         )
         return
     try:
+        if state.draining:
+            raise Overloaded("this worker is shutting down; connect again (another worker takes it)")
         session = backend.open()
     except Overloaded as exc:
         await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
@@ -118,78 +256,106 @@ async def serve_listen(ws: WebSocket, backend: ListenBackend, token: Optional[st
     metrics.sessions.inc()
     metrics.active_sessions.inc()
     resample = _Resampler(rate, backend.sample_rate) if rate != backend.sample_rate else None
+    conn = _Connection(ws, backend, session, resample, rate)
+    state.add(conn)
     ready = Ready(session.id, backend.model_name, backend.sample_rate, backend.chunk_ms)
-    sender = None
     try:
         await ws.send_text(dump(ready))
-        sender = asyncio.create_task(_send_outbox(ws, session, metrics))
-        receiver = asyncio.create_task(_receive(ws, backend, session, resample, metrics))
+        sender = asyncio.create_task(_send_outbox(conn, metrics))
+        receiver = asyncio.create_task(_receive(conn, metrics))
+        conn.tasks = (sender, receiver)
         done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        if receiver in done and receiver.exception() is None and receiver.result():
+        if receiver in done and not receiver.cancelled() and receiver.exception() is None and receiver.result():
             await sender  # the client said close: let every final and `closed` go out
         for task in (sender, receiver):
             task.cancel()
-    except (WebSocketDisconnect, RuntimeError):
+    except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
         pass
     finally:
+        for task in conn.tasks:
+            task.cancel()
+        state.remove(conn)
         backend.drop(session)
         metrics.active_sessions.dec()
         metrics.audio_seconds.inc(session.audio_seconds)
-        if sender is not None and not sender.done():
-            sender.cancel()
+    if conn.ending is not None:  # cut off by the reaper or the drain: tell the client if it listens
+        error = conn.ending
+        try:
+            await asyncio.wait_for(
+                _send_error(ws, metrics, error.code, error.message, FATAL_CLOSE.get(error.code)),
+                state.settings.give_up_send,
+            )
+        except asyncio.TimeoutError:
+            logger.info("session %s: client did not take its last error; dropping the socket", session.id)
 
 
-async def _receive(ws: WebSocket, backend: ListenBackend, session, resample, metrics: Metrics) -> bool:
+async def _receive(conn: _Connection, metrics: Metrics) -> bool:
     """Client → backend until the client closes (True) or goes away / is cut off (False)."""
+    ws, backend, session = conn.ws, conn.backend, conn.session
+    receive = ws._receive  # the raw ASGI channel: starlette's wrapper re-checks state per frame
+    coalesce = conn.coalesce_bytes
     while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return False
-        data, text = message.get("bytes"), message.get("text")
+        message = await receive()
+        conn.last_rx = time.monotonic()
+        data = message.get("bytes")
         if data is not None:
             if session.closing:
                 continue  # audio after `close` has nowhere to go
-            if len(data) > MAX_FRAME_BYTES:
+            size = len(data)
+            if size > MAX_FRAME_BYTES:
                 await _send_error(
                     ws, metrics, ErrorCode.BAD_AUDIO,
-                    f"audio frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}", CloseCode.TOO_BIG,
+                    f"audio frame of {size} bytes exceeds {MAX_FRAME_BYTES}", CloseCode.TOO_BIG,
                 )
                 return False
-            if len(data) % 2:
+            if size & 1:
                 await _send_error(
                     ws, metrics, ErrorCode.BAD_AUDIO,
                     "PCM s16le frames need an even number of bytes; this frame was dropped",
                 )
                 continue
-            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-            if resample is not None:
-                samples = resample(samples)
+            if not conn.pending and size >= coalesce:
+                whole = data  # a frame of a chunk or more: no gathering, no copy
+            else:
+                conn.pending += data
+                whole = None
+                if len(conn.pending) < coalesce:
+                    continue
             try:
-                backend.append(session, samples)
+                conn.push_pending(whole)
             except Overloaded as exc:
                 await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
                 return False
             continue
+        if message["type"] == "websocket.disconnect":
+            return False
         try:
-            command = parse_client_message(text or "")
+            command = parse_client_message(message.get("text") or "")
         except ProtocolError as exc:
             await _send_error(ws, metrics, exc.code, exc.message)
             continue
         if isinstance(command, Configure):
             session.boost = command.boost
         elif isinstance(command, (Finalize, Close)):
-            if resample is not None:
-                backend.append(session, resample.flush())
+            if session.closing:
+                continue  # the worker is already flushing this session (a drain)
+            try:
+                conn.flush_audio()
+            except Overloaded as exc:
+                await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
+                return False
             if isinstance(command, Finalize):
                 backend.finalize(session)
             else:
+                conn.client_closed = True
                 backend.close(session)
                 return True
 
 
-async def _send_outbox(ws: WebSocket, session, metrics: Metrics) -> None:
+async def _send_outbox(conn: _Connection, metrics: Metrics) -> None:
+    ws, outbox = conn.ws, conn.session.outbox
     while True:
-        event = await session.outbox.get()
+        event = await outbox.get()
         if isinstance(event, Error):
             close = FATAL_CLOSE.get(event.code)
             await _send_error(ws, metrics, event.code, event.message, close)
@@ -199,5 +365,6 @@ async def _send_outbox(ws: WebSocket, session, metrics: Metrics) -> None:
         await ws.send_text(dump(event))
         if isinstance(event, Closed):
             if ws.application_state == WebSocketState.CONNECTED:
-                await ws.close(code=CloseCode.NORMAL)
+                code = CloseCode.SERVICE_RESTART if conn.drained else CloseCode.NORMAL
+                await ws.close(code=code)
             return
