@@ -345,7 +345,10 @@ class NvasrListenSTTService(WebsocketSTTService):
                 what = "lost the session" if lost else "cannot open a session"
                 message = f"{what} on {self._settings.url} ({e}); retrying, the audio is kept"
                 await self._call_event_handler("on_connection_error", message)
-                await self.push_error(message, exception=e, category=category)
+                if lost or failures == 0:  # one ErrorFrame per outage; each retry is logged
+                    await self.push_error(message, exception=e, category=category)
+                else:
+                    logger.warning(f"{self}: attempt {failures + 1} failed: {e}")
             stable = opened_at is not None and time.monotonic() - opened_at >= STABLE_CONNECTION_S
             failures = 0 if stable else failures + 1
             if failures:
