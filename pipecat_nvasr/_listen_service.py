@@ -321,12 +321,15 @@ class NvasrListenSTTService(WebsocketSTTService):
 
     async def _connection_handler(self):
         """Open sessions for as long as the pipeline runs; back off between failures."""
-        failures = 0
+        failures, reported = 0, False
         while self.is_usable and not self._disconnecting:
             opened_at = None
             try:
                 await self._connect_websocket()
                 opened_at = time.monotonic()
+                if reported:
+                    logger.info(f"{self}: session reopened after {failures + 1} attempts")
+                reported = False
                 await self._receive_messages()
                 if self._disconnecting or not self.is_usable:
                     return
@@ -345,7 +348,8 @@ class NvasrListenSTTService(WebsocketSTTService):
                 what = "lost the session" if lost else "cannot open a session"
                 message = f"{what} on {self._settings.url} ({e}); retrying, the audio is kept"
                 await self._call_event_handler("on_connection_error", message)
-                if lost or failures == 0:  # one ErrorFrame per outage; each retry is logged
+                if not reported:  # one ErrorFrame per outage; each retry is logged
+                    reported = True
                     await self.push_error(message, exception=e, category=category)
                 else:
                     logger.warning(f"{self}: attempt {failures + 1} failed: {e}")
