@@ -3,7 +3,7 @@ PY := .venv/bin/python
 # The demo's worker device: auto (the GPU when torch sees one), cuda, cuda:1 or cpu.
 DEVICE ?= auto
 
-.venv/.installed: pyproject.toml scripts/setup.sh
+.venv/.installed: pyproject.toml scripts/setup.sh scripts/lower-bounds.txt
 	bash scripts/setup.sh
 
 .PHONY: demo test bench
