@@ -595,6 +595,12 @@ class NvasrListenSTTService(WebsocketSTTService):
             # The words already went out in an earlier final; report TTFB now.
             await self.stop_ttfb_metrics()
             await self._cancel_ttfb_timeout()
+        if final.from_finalize and self._need_reconnect:
+            # A `url`/`language` change waits for the user's turn to end; Pipecat learns that
+            # from UserStoppedSpeakingFrame, which a pipeline without a user aggregator (the
+            # example bots) never sees. The finalize answer is as safe a point: every word
+            # sent so far is out. Its own task: the drain waits on this receive loop.
+            self.create_task(self._maybe_reconnect_on_user_stopped_speaking(), "nvasr_deferred_reconnect")
 
     async def _on_error(self, error: Error):
         category = ERROR_CATEGORIES.get(error.code, ErrorCategory.UNKNOWN)
