@@ -11,7 +11,6 @@ open timeout, which is what broke the old client, and short enough for CI).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pipecat_nvasr import NemotronSTTService, ParakeetRealtimeSTTService
 from pipecat_nvasr.protocol import Final
 
 from conftest import ASSETS, TOKEN, LiveServer
-from listen_helpers import ROOT, HoldingProxy, NewerWorkerRelay, WorkerProcess, free_port
+from listen_helpers import ROOT, HoldingProxy, NewerWorkerRelay, WorkerProcess
 from test_nemotron_service import CLEAN, audio_frames, words
 
 COLD_START_HOLD_S = float(os.environ.get("NVASR_TEST_COLD_START_HOLD_S", "14"))
