@@ -19,6 +19,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from loguru import logger
+
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
     EndFrame,
@@ -190,6 +192,9 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
 
     async def stop(self, frame: EndFrame):
         await self._drain()  # every final reaches the pipeline before EndFrame does
+        if self._backlog.bytes:
+            logger.warning(f"{self}: ending with {self._backlog.bytes / 2 / self._wire_rate:.2f}s of audio "
+                           "the worker never received (no session)")
         await super().stop(frame)
 
     async def _do_reconnect(self):

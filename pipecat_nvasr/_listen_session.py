@@ -174,10 +174,7 @@ class ListenSessionMixin:
         """Send `close` and wait (bounded) for the remaining finals and `closed`."""
         websocket, task = self._websocket, self._connection_task
         if not self._live or websocket is None or task is None:
-            if self._backlog.bytes:
-                logger.warning(f"{self}: ending with {self._backlog.bytes / 2 / self._wire_rate:.2f}s of audio "
-                               "the worker never received (no session)")
-            return
+            return  # no session: a backlog stays for the next one (or is reported by `stop`)
         self._disconnecting = True  # the worker's normal close after `closed` is no reason to reconnect
         self._live = False
         try:

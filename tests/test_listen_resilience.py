@@ -22,6 +22,7 @@ import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
+    StartFrame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
@@ -52,17 +53,21 @@ def worker_process():
 
 
 class FinalClock(FrameProcessor):
-    """Notes when each final passes, relative to the pipeline's first frame."""
+    """Notes when the StartFrame got through the pipeline, and when each final passes
+    (seconds after that start)."""
 
     def __init__(self):
         super().__init__()
         self.began = time.monotonic()
+        self.started: float | None = None
         self.finals: list[tuple[float, TranscriptionFrame]] = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if isinstance(frame, TranscriptionFrame):
-            self.finals.append((time.monotonic() - self.began, frame))
+        if isinstance(frame, StartFrame):
+            self.started = time.monotonic()
+        elif isinstance(frame, TranscriptionFrame):
+            self.finals.append((time.monotonic() - (self.started or self.began), frame))
         await self.push_frame(frame, direction)
 
 
@@ -93,7 +98,7 @@ async def test_first_words_survive_a_cold_start(worker_process, heldout):
         began = time.monotonic()
         down, up = await run_test(Pipeline([stt, clock]), frames_to_send=frames, start_timeout=5,
                                   pipeline_params=PipelineParams(enable_metrics=True))
-        started = clock.began - began  # pipeline start did not wait for the worker
+        started = clock.started - began  # pipeline start did not wait for the worker
     finals = [f for _, f in clock.finals]
     recovered = [w for f in finals for w in words(f.text)]
     reference = words(item["text"])
