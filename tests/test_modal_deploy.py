@@ -102,7 +102,7 @@ print(json.dumps({
     "concurrency": {"Nemotron": d.NEMOTRON_SESSIONS, "ParakeetRealtime": d.REALTIME_SESSIONS,
                     "Parakeet": d.PARAKEET_INPUTS, "ParakeetSegmenter": d.SEGMENTER_SESSIONS},
     "gpus": {n: d.app.registered_functions[n + ".*"]._spec_.gpus for n in ("Nemotron", "ParakeetRealtime", "Parakeet")},
-    "scaling": {n: d._scaling(n) for n in ("NEMOTRON", "REALTIME", "PARAKEET")},
+    "scaling": {n: getattr(d, "_scaling", lambda p: None)(n) for n in ("NEMOTRON", "REALTIME", "PARAKEET")},
     "container_env": {n: container_env(n + ".*") for n in ("Nemotron", "ParakeetRealtime", "Parakeet", "ParakeetSegmenter")},
 }))
 """
@@ -136,6 +136,13 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
         NVASR_PARAKEET_MAX_BATCH="64",
     )
     deployed = _import_report(deploy_env)
+    for name, carried in deployed["container_env"].items():
+        # the container: the image's environment plus the class's `env`, nothing from the deploy shell
+        in_container = _import_report(dict(base, MODAL_IS_REMOTE="1", **carried))
+        assert in_container["served"] == deployed["served"], name
+        assert in_container["concurrency"] == deployed["concurrency"], name
+        assert in_container["gpus"] == deployed["gpus"], name
+
     nemotron = deployed["served"]["Nemotron"]
     assert nemotron["model"].endswith("custom-nemotron.nemo") and nemotron["chunk_ms"] == 80
     assert nemotron["max_sessions"] == deployed["concurrency"]["Nemotron"] == 48
@@ -143,10 +150,3 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
     assert deployed["gpus"]["Nemotron"] == "L40S"
     assert deployed["scaling"]["NEMOTRON"] == {"min_containers": 1, "buffer_containers": 2}
     assert deployed["scaling"]["PARAKEET"] == {"min_containers": None, "buffer_containers": None}
-
-    for name, carried in deployed["container_env"].items():
-        # the container: the image's environment plus the class's `env`, nothing from the deploy shell
-        in_container = _import_report(dict(base, MODAL_IS_REMOTE="1", **carried))
-        assert in_container["served"] == deployed["served"], name
-        assert in_container["concurrency"] == deployed["concurrency"], name
-        assert in_container["gpus"] == deployed["gpus"], name
