@@ -255,7 +255,8 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         Without a session the request waits in the backlog behind the audio it ends."""
         if not self.is_usable:
             return
-        self.request_finalize()
+        if self._live:  # a kept finalize is requested when the backlog sends it
+            self.request_finalize()
         await self._send_or_keep(Finalize())
 
     # ------------------------------------------------------------------ receiving (the loop,

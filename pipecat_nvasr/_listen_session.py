@@ -145,6 +145,8 @@ class ListenSessionMixin:
         sent = 0
         while self._backlog:
             item = self._backlog.popleft()
+            if isinstance(item, Finalize):
+                self.request_finalize()  # now, so a VAD start since then cannot cancel it
             try:
                 await websocket.send(item if isinstance(item, bytes) else dump(item))
             except Exception:

@@ -174,6 +174,7 @@ async def test_a_worker_restart_under_a_connected_bot(worker_process, heldout):
     assert len(errors) == 1 and errors[0].category is ErrorCategory.CONNECTIVITY  # one per outage
     assert texts == words(first["text"]) + words(second["text"])
     assert stt.backlog_seconds_sent > 1.0  # the second turn waited for the new session
+    assert finals[-1].finalized and finals[-1].result.from_finalize  # its VAD stop's finalize waited too
 
 
 async def test_permanent_configuration_errors_are_one_error_and_no_retry(worker_process, heldout):
