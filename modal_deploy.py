@@ -7,7 +7,10 @@ uses. No inference logic lives here.
 Before the first deploy:
     modal secret create nvasr-auth NVASR_TOKEN=$(python -c 'import secrets;print(secrets.token_urlsafe(24))')
 Settings come from the environment at deploy time, e.g.
-    NVASR_GPU=L40S NVASR_NEMOTRON_CHUNK_MS=80 modal deploy modal_deploy.py
+    NVASR_GPU=L40S NVASR_NEMOTRON_CHUNK_MS=80 NVASR_NEMOTRON_MIN_CONTAINERS=1 modal deploy modal_deploy.py
+and travel into the containers as each class's environment (`CONTAINER_ENV`), so what
+runs there is what was deployed. The sessions a container takes is ONE value per worker:
+it is both Modal's `@modal.concurrent(max_inputs=...)` and the engine's `max_sessions`.
 Clients connect to `wss://<workspace>--pipecat-nvasr-nemotron-web.modal.run/v1/listen`
 with `Authorization: Bearer $NVASR_TOKEN`.
 """
@@ -19,24 +22,72 @@ from pathlib import Path
 
 import modal
 
-APP_NAME = os.environ.get("NVASR_APP_NAME", "pipecat-nvasr")
-GPU = os.environ.get("NVASR_GPU", "H100")
-DEVICE = os.environ.get("NVASR_DEVICE", "cuda")  # "cpu" runs a class locally (tests)
+# Every deploy-time setting, by the environment variable that sets it. Modal re-imports this
+# module in each container WITHOUT the deploying shell's environment, so the values read here
+# are also handed to every class as its container environment (`env=CONTAINER_ENV`): the
+# container then computes exactly the configuration that was deployed.
+DEFAULTS = {
+    "NVASR_APP_NAME": "pipecat-nvasr",
+    "NVASR_GPU": "H100",
+    "NVASR_DEVICE": "cuda",  # "cpu" runs a class locally (tests)
+    "NVASR_NEMOTRON_MODEL": "nvidia/nemotron-speech-streaming-en-0.6b",
+    "NVASR_NEMOTRON_CHUNK_MS": "160",
+    "NVASR_NEMOTRON_SESSIONS": "400",  # sessions per container: Modal routes each WebSocket as one input
+    "NVASR_NEMOTRON_MIN_CONTAINERS": "0",
+    "NVASR_NEMOTRON_BUFFER_CONTAINERS": "0",
+    "NVASR_STREAMING_MAX_BATCH": "256",
+    "NVASR_REALTIME_MODEL": "nvidia/parakeet_realtime_eou_120m-v1",
+    "NVASR_REALTIME_GPU": "L4",  # 120M parameters: a small GPU is plenty
+    "NVASR_REALTIME_CHUNK_MS": "160",  # 80 or 160
+    "NVASR_REALTIME_SESSIONS": "400",
+    "NVASR_REALTIME_MIN_CONTAINERS": "0",
+    "NVASR_REALTIME_BUFFER_CONTAINERS": "0",
+    "NVASR_PARAKEET_MODEL": "nvidia/parakeet-tdt-0.6b-v3",
+    "NVASR_PARAKEET_MAX_BATCH": "128",
+    "NVASR_PARAKEET_INPUTS": "512",  # requests in flight per GPU container
+    "NVASR_PARAKEET_MIN_CONTAINERS": "0",
+    "NVASR_PARAKEET_BUFFER_CONTAINERS": "0",
+    "NVASR_SEGMENTER_SESSIONS": "200",  # per CPU container
+}
+CONTAINER_ENV = {name: os.environ.get(name, default) for name, default in DEFAULTS.items()}
+
+
+def _setting(name: str) -> str:
+    return CONTAINER_ENV[name]
+
+
+def _count(name: str) -> int:
+    return int(CONTAINER_ENV[name])
+
+
+APP_NAME = _setting("NVASR_APP_NAME")
+GPU = _setting("NVASR_GPU")
+DEVICE = _setting("NVASR_DEVICE")
 CACHE_DIR = "/cache"
-NEMOTRON_MODEL = os.environ.get("NVASR_NEMOTRON_MODEL", "nvidia/nemotron-speech-streaming-en-0.6b")
-NEMOTRON_CHUNK_MS = int(os.environ.get("NVASR_NEMOTRON_CHUNK_MS", "160"))
-# sessions per container: Modal routes each WebSocket as one input
-NEMOTRON_SESSIONS = int(os.environ.get("NVASR_NEMOTRON_SESSIONS", "400"))
+NEMOTRON_MODEL = _setting("NVASR_NEMOTRON_MODEL")
+NEMOTRON_CHUNK_MS = _count("NVASR_NEMOTRON_CHUNK_MS")
+NEMOTRON_SESSIONS = _count("NVASR_NEMOTRON_SESSIONS")
+STREAMING_MAX_BATCH = _count("NVASR_STREAMING_MAX_BATCH")
 SESSION_TIMEOUT_S = 2 * 60 * 60  # the longest call a container serves
-REALTIME_MODEL = os.environ.get("NVASR_REALTIME_MODEL", "nvidia/parakeet_realtime_eou_120m-v1")
-REALTIME_GPU = os.environ.get("NVASR_REALTIME_GPU", "L4")  # 120M parameters: a small GPU is plenty
-REALTIME_CHUNK_MS = int(os.environ.get("NVASR_REALTIME_CHUNK_MS", "160"))  # 80 or 160
-REALTIME_SESSIONS = int(os.environ.get("NVASR_REALTIME_SESSIONS", "400"))
-PARAKEET_MODEL = os.environ.get("NVASR_PARAKEET_MODEL", "nvidia/parakeet-tdt-0.6b-v3")
-PARAKEET_MAX_BATCH = int(os.environ.get("NVASR_PARAKEET_MAX_BATCH", "128"))
-PARAKEET_INPUTS = int(os.environ.get("NVASR_PARAKEET_INPUTS", "512"))  # requests in flight per GPU container
-SEGMENTER_SESSIONS = int(os.environ.get("NVASR_SEGMENTER_SESSIONS", "200"))  # per CPU container
+REALTIME_MODEL = _setting("NVASR_REALTIME_MODEL")
+REALTIME_GPU = _setting("NVASR_REALTIME_GPU")
+REALTIME_CHUNK_MS = _count("NVASR_REALTIME_CHUNK_MS")
+REALTIME_SESSIONS = _count("NVASR_REALTIME_SESSIONS")
+PARAKEET_MODEL = _setting("NVASR_PARAKEET_MODEL")
+PARAKEET_MAX_BATCH = _count("NVASR_PARAKEET_MAX_BATCH")
+PARAKEET_INPUTS = _count("NVASR_PARAKEET_INPUTS")
+SEGMENTER_SESSIONS = _count("NVASR_SEGMENTER_SESSIONS")
 WARMUP_AUDIO = "/root/assets/demo.wav" if not modal.is_local() else str(Path(__file__).parent / "tests/assets/demo.wav")
+
+
+def _scaling(prefix: str) -> dict:
+    """Warm containers for `prefix` (NEMOTRON, REALTIME, PARAKEET). Each one is billed for
+    as long as it runs, idle or not: see the README's "Cold starts" section."""
+    return dict(
+        min_containers=_count(f"NVASR_{prefix}_MIN_CONTAINERS") or None,
+        buffer_containers=_count(f"NVASR_{prefix}_BUFFER_CONTAINERS") or None,
+    )
+
 
 app = modal.App(APP_NAME)
 weights = modal.Volume.from_name("nvasr-weights", create_if_missing=True)
@@ -109,26 +160,30 @@ class _StreamingWorker:
         return self.asgi
 
 
-def _streaming_cls(gpu: str, sessions: int):
-    """The Modal options every streaming worker shares; sessions per container is its knob."""
+def _streaming_cls(gpu: str, sessions: int, scaling: dict):
+    """The Modal options every streaming worker shares. `sessions` is the one limit: Modal
+    routes at most that many WebSockets to a container, and its engine takes that many."""
 
     def wrap(cls):
-        cls = modal.concurrent(max_inputs=sessions, target_inputs=int(sessions * 0.75))(cls)
+        assert cls.config["max_sessions"] == sessions, "Modal's limit and the engine's must be one value"
+        cls = modal.concurrent(max_inputs=sessions, target_inputs=max(1, int(sessions * 0.75)))(cls)
         return app.cls(
             gpu=gpu,
             image=image,
             volumes={CACHE_DIR: weights},
             secrets=[auth],
+            env=CONTAINER_ENV,
             timeout=SESSION_TIMEOUT_S,
             scaledown_window=300,
             enable_memory_snapshot=True,
             experimental_options={"enable_gpu_snapshot": True},
+            **scaling,
         )(cls)
 
     return wrap
 
 
-@_streaming_cls(GPU, NEMOTRON_SESSIONS)
+@_streaming_cls(GPU, NEMOTRON_SESSIONS, _scaling("NEMOTRON"))
 class Nemotron(_StreamingWorker):
     """Cache-aware streaming Nemotron: every session of this container shares one GPU batch loop."""
 
@@ -138,12 +193,12 @@ class Nemotron(_StreamingWorker):
         device=DEVICE,
         chunk_ms=NEMOTRON_CHUNK_MS,
         max_sessions=NEMOTRON_SESSIONS,
-        max_batch=256,
+        max_batch=STREAMING_MAX_BATCH,
         warmup=False,
     )
 
 
-@_streaming_cls(REALTIME_GPU, REALTIME_SESSIONS)
+@_streaming_cls(REALTIME_GPU, REALTIME_SESSIONS, _scaling("REALTIME"))
 class ParakeetRealtime(_StreamingWorker):
     """Parakeet realtime EOU on the same engine as Nemotron; its `<EOU>` ends the user's turn."""
 
@@ -153,7 +208,7 @@ class ParakeetRealtime(_StreamingWorker):
         device=DEVICE,
         chunk_ms=REALTIME_CHUNK_MS,
         max_sessions=REALTIME_SESSIONS,
-        max_batch=256,
+        max_batch=STREAMING_MAX_BATCH,
         warmup=False,
     )
 
@@ -183,10 +238,12 @@ segmenter_image = (
     image=image,
     volumes={CACHE_DIR: weights},
     secrets=[auth],
+    env=CONTAINER_ENV,
     timeout=10 * 60,
     scaledown_window=300,
     enable_memory_snapshot=True,
     experimental_options={"enable_gpu_snapshot": True},
+    **_scaling("PARAKEET"),
 )
 @modal.concurrent(max_inputs=PARAKEET_INPUTS, target_inputs=PARAKEET_INPUTS // 2)
 class Parakeet:
@@ -224,7 +281,8 @@ class Parakeet:
         return self.asgi
 
 
-@app.cls(image=segmenter_image, secrets=[auth], timeout=SESSION_TIMEOUT_S, scaledown_window=300, cpu=4.0, memory=4096)
+@app.cls(image=segmenter_image, secrets=[auth], env=CONTAINER_ENV, timeout=SESSION_TIMEOUT_S, scaledown_window=300,
+         cpu=4.0, memory=4096)
 @modal.concurrent(max_inputs=SEGMENTER_SESSIONS, target_inputs=int(SEGMENTER_SESSIONS * 0.75))
 class ParakeetSegmenter:
     """`/v1/listen` for Parakeet: Silero VAD per session on CPU, utterances to `Parakeet.transcribe`.

@@ -7,7 +7,7 @@ import sys
 from typing import TextIO
 
 from pipecat.frames.frames import Frame, InterimTranscriptionFrame, MetricsFrame, TranscriptionFrame
-from pipecat.metrics.metrics import ProcessingMetricsData
+from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_nvasr import NemotronSTTService
@@ -33,7 +33,7 @@ class TranscriptPrinter(FrameProcessor):
         self.interims = interims
         self.finals: list[TranscriptionFrame] = []
         self._last_interim = ""
-        self._finalize_ms = None
+        self._ttfb_ms = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -50,15 +50,17 @@ class TranscriptPrinter(FrameProcessor):
                 span = f"[{result.start:6.2f}–{result.end:6.2f}s] "
             mark = ""
             if frame.finalized:
-                latency = self._finalize_ms
-                mark = "  (finalized on VAD stop" + (f", {latency:.0f} ms after `finalize`)" if latency else ")")
-                self._finalize_ms = None
-            print(f"FINAL {span}{frame.text}{mark}", file=self.out, flush=True)
+                latency = self._ttfb_ms
+                mark = "  (finalized on VAD stop" + (f", {latency:.0f} ms after speech end)" if latency else ")")
+                self._ttfb_ms = None
+            who = f"{frame.user_id}: " if frame.user_id else ""
+            print(f"FINAL {span}{who}{frame.text}{mark}", file=self.out, flush=True)
         elif isinstance(frame, MetricsFrame):
-            # The STT's finalize round trip. A system frame, so it overtakes the transcript.
+            # The STT's TTFB: speech end → final (Pipecat's streaming-STT latency). A system
+            # frame, so it overtakes the transcript.
             for data in frame.data:
-                if isinstance(data, ProcessingMetricsData) and data.value > 0 and "STT" in data.processor:
-                    self._finalize_ms = data.value * 1000
+                if isinstance(data, TTFBMetricsData) and data.value > 0 and "STT" in data.processor:
+                    self._ttfb_ms = data.value * 1000
         await self.push_frame(frame, direction)
 
 

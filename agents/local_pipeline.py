@@ -2,9 +2,11 @@
 
     python agents/local_pipeline.py                      # starts a worker, reads tests/assets/demo.wav
     python agents/local_pipeline.py --url ws://host:8000 --token T --file speech.wav
+    python agents/local_pipeline.py --device cuda        # `DEVICE=cuda make demo`
 
 Without `--url` it starts a worker in this process (uvicorn on 127.0.0.1, a fresh token)
-with `--model` (default `nvidia/nemotron-speech-streaming-en-0.6b`); when the model hub
+with `--model` (default `nvidia/nemotron-speech-streaming-en-0.6b`) on `--device` (auto: the
+GPU when torch sees one, else the CPU); when the model hub
 cannot be reached it says so and uses the bundled tiny model (tests/assets/tiny_rnnt.nemo,
 a small demo vocabulary). The pipeline is file → Silero VAD → NemotronSTTService →
 printer: the file is played at microphone pace, the VAD's stop sends `finalize`, and the
@@ -36,6 +38,18 @@ DEFAULT_FILE = REPO / "tests" / "assets" / "demo.wav"
 FRAME_MS = 20
 
 
+def resolve_device(device: str) -> str:
+    """`auto` → `cuda` when torch sees a GPU, else `cpu`; anything else as given."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """A TCP connect to the hub, so an offline machine learns it in ≤ 3 s, not a hang."""
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
@@ -49,7 +63,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 class LocalWorker:
     """A Nemotron worker served by uvicorn on 127.0.0.1 in a background thread."""
 
-    def __init__(self, model: str, token: str, verbose: bool = False):
+    def __init__(self, model: str, token: str, verbose: bool = False, device: str = "auto"):
         os.environ.setdefault("NEMO_REDIRECT_LOGS_TO_STDERR", "1")  # stdout is for transcripts
         try:
             import uvicorn
@@ -68,9 +82,12 @@ class LocalWorker:
 
             nemo_logging.set_verbosity(logging.WARNING)
         fallback = str(FALLBACK_MODEL) if FALLBACK_MODEL.exists() else None
-        print(f"loading {model} ...", flush=True)
+        self.device = resolve_device(device)
+        print(f"loading {model} on {self.device} ...", flush=True)
         try:
-            app = create_streaming_app(StreamingConfig(model=model, fallback_model=fallback, token=token))
+            app = create_streaming_app(
+                StreamingConfig(model=model, fallback_model=fallback, token=token, device=self.device)
+            )
         except Exception as exc:
             missing = "" if fallback else f"; the bundled fallback {FALLBACK_MODEL} is missing too"
             sys.exit(f"could not load {model}: {type(exc).__name__}: {str(exc)[:300]}{missing}")
@@ -87,7 +104,7 @@ class LocalWorker:
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         url = f"ws://127.0.0.1:{port}"
-        print(f"worker ready on {url} serving {self.model}", flush=True)
+        print(f"worker ready on {url} serving {self.model} on {self.device}", flush=True)
         return url
 
     def __exit__(self, *exc) -> None:
@@ -173,6 +190,7 @@ async def _run(worker) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="HF id or .nemo path for the local worker")
+    parser.add_argument("--device", default="auto", help="the local worker's device: auto (default), cuda, cuda:1, cpu")
     parser.add_argument("--url", help="use this running worker instead of starting one")
     parser.add_argument("--token", help="the worker's token (default: $NVASR_TOKEN, or a fresh one)")
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="16-bit PCM WAV to transcribe")
@@ -189,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         return asyncio.run(transcribe_file(args.url, token, args.file, args.speed))
     token = token or secrets.token_urlsafe(24)
-    with LocalWorker(args.model, token, args.verbose) as url:
+    with LocalWorker(args.model, token, args.verbose, args.device) as url:
         return asyncio.run(transcribe_file(url, token, args.file, args.speed))
 
 

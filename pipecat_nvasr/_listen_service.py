@@ -4,28 +4,33 @@ Every streaming worker (Nemotron, Parakeet realtime) speaks the same protocol, s
 connection, the `ready` handshake, audio sending, boost phrases, the graceful `close`
 drain and the error mapping live here once. A concrete service only names its defaults
 and, where its model drives the turn itself, overrides `_on_final`.
+
+The connection runs in its own task for as long as the pipeline does (`_listen_session.py`):
+pipeline start never waits for the worker, a cold start or a worker restart is retried with
+backoff without end, and the user's audio is kept (bounded) while there is no session and
+sent once `ready` arrives. Only a permanent refusal (bad token, unsupported language or
+rate) stops it, as one ErrorFrame.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from loguru import logger
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError
-from websockets.protocol import State
 
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InterimTranscriptionFrame,
+    StartFrame,
     TranscriptionFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import WebsocketSTTService
 from pipecat.transcriptions.language import Language
@@ -34,43 +39,23 @@ from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
-from .client import listen_url
+from ._backlog import AudioBacklog
+from ._listen_errors import ERROR_CATEGORIES, UnsupportedConfiguration
+from ._listen_session import ListenSessionMixin
+from .client import COLD_START_TIMEOUT_S, UnknownTypes, listen_url
 from .protocol import (
     SAMPLE_RATE,
     SUPPORTED_SAMPLE_RATES,
     BoostPhrase,
-    Close,
-    CloseCode,
     Closed,
     Configure,
     Error,
-    ErrorCode,
     Final,
     Finalize,
     Partial,
-    ProtocolError,
-    Ready,
-    dump,
-    parse_server_message,
 )
 
-# Protocol error codes → Pipecat error categories. A permanent category (authentication)
-# marks the service unusable, which is what stops the base class's reconnect loop.
-ERROR_CATEGORIES = {
-    ErrorCode.UNAUTHORIZED: ErrorCategory.AUTHENTICATION,
-    ErrorCode.OVERLOADED: ErrorCategory.RATE_LIMIT,  # retry later or elsewhere
-    ErrorCode.INTERNAL: ErrorCategory.SERVER,
-    ErrorCode.BAD_AUDIO: ErrorCategory.APPLICATION,
-    ErrorCode.BAD_MESSAGE: ErrorCategory.APPLICATION,
-}
-
-
-class WorkerRejected(Exception):
-    """The worker refused or ended the session with a protocol error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
+DEFAULT_AUDIO_BUFFER_S = 10.0
 
 
 def boost_phrases(items: Any) -> list[BoostPhrase]:
@@ -95,7 +80,8 @@ class NvasrListenSettings(STTSettings):
 
     Parameters:
         url: The worker's base URL (`ws(s)://` or `http(s)://host[:port]`). Changing it
-            reconnects (after the user's turn).
+            drains the current session and opens one on the new worker (after the
+            user's turn, as Pipecat defers reconnects while the user speaks).
         boost_phrases: Key phrases the model should favour: strings, (phrase, weight)
             pairs or `BoostPhrase`. Changing them sends `configure`; no reconnect.
     """
@@ -104,13 +90,18 @@ class NvasrListenSettings(STTSettings):
     boost_phrases: list | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
-class NvasrListenSTTService(WebsocketSTTService):
+class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
     """A streaming STT service on an nvasr worker's `/v1/listen` WebSocket.
 
     Audio goes out as raw PCM at the pipeline's rate (declared in the URL; the worker
     resamples, so a VAD `finalize` flushes the resampler's tail too). Partials become
     `InterimTranscriptionFrame`s, finals `TranscriptionFrame`s carrying the protocol's
-    `Final` (words with times) as `result`.
+    `Final` (words with times) as `result`. Latency is reported as TTFB (speech end →
+    final), as for every Pipecat streaming STT.
+
+    Event handlers: `on_connected` (each session opened, also after a reconnect),
+    `on_disconnected`, `on_connection_error(service, message)` (each failed attempt or
+    lost session; the service keeps retrying unless the error is permanent).
     """
 
     Settings = NvasrListenSettings
@@ -119,6 +110,8 @@ class NvasrListenSTTService(WebsocketSTTService):
     # Send `finalize` on VAD stop. A service whose model ends turns itself turns it off.
     finalize_on_vad_stop: bool = True
     default_url: str = "ws://127.0.0.1:8000"
+    # Languages the worker's model transcribes (base codes), checked before connecting.
+    default_languages: Optional[tuple[str, ...]] = ("en",)
 
     def __init__(
         self,
@@ -127,8 +120,11 @@ class NvasrListenSTTService(WebsocketSTTService):
         api_key: Optional[str] = None,
         sample_rate: Optional[int] = None,
         settings: Optional[NvasrListenSettings] = None,
-        ready_timeout: float = 10.0,
+        connect_timeout: float = COLD_START_TIMEOUT_S,
+        ready_timeout: float = COLD_START_TIMEOUT_S,
         close_timeout: float = 5.0,
+        audio_buffer_secs: float = DEFAULT_AUDIO_BUFFER_S,
+        languages: Optional[Sequence[str]] | NotGiven = NOT_GIVEN,
         **kwargs,
     ):
         """Args:
@@ -136,8 +132,18 @@ class NvasrListenSTTService(WebsocketSTTService):
         api_key: the worker's token, sent as `Authorization: Bearer`.
         sample_rate: input rate; default the pipeline's.
         settings: runtime-updatable settings; they win over `url`.
-        ready_timeout: seconds to wait for the worker's `ready` after connecting.
+        connect_timeout: seconds to wait for the WebSocket upgrade. A scale-to-zero
+            deployment holds the upgrade while a container boots (~1 minute on Modal).
+        ready_timeout: seconds to wait for the worker's `ready` after the upgrade.
         close_timeout: seconds to wait on `close` for the last finals and `closed`.
+        audio_buffer_secs: how much of the user's audio is kept while there is no session
+            (connecting, cold start, reconnecting); it is sent once `ready` arrives. Past
+            this, the oldest audio is dropped (with a warning).
+        languages: base language codes the worker's model transcribes, checked before
+            connecting (an unsupported one is a permanent configuration error). `None`
+            leaves the check to the worker, which refuses the session just as permanently.
+        **kwargs: for `WebsocketSTTService`, e.g. `reconnect_backoff_min_wait` /
+            `reconnect_backoff_max_wait` (seconds between attempts; default 4 and 10).
         """
         store = self.Settings(
             model=None,  # the worker serves one model; its `ready` names it
@@ -149,34 +155,46 @@ class NvasrListenSTTService(WebsocketSTTService):
             store.apply_update(settings)
         super().__init__(sample_rate=sample_rate, settings=store, **kwargs)
         self._api_key = api_key
+        self._connect_timeout = connect_timeout
         self._ready_timeout = ready_timeout
         self._close_timeout = close_timeout
-        self._receive_task: Optional[asyncio.Task] = None
+        self._audio_buffer_secs = audio_buffer_secs
+        self._languages = self.default_languages if not is_given(languages) else languages
+        self._connection_task: Optional[asyncio.Task] = None
+        self._live = False  # a session is open and the backlog is sent: audio goes straight out
+        self._backlog = AudioBacklog(0)
         self._closed = asyncio.Event()
+        self._unknown_types = UnknownTypes()
         self._wire_rate = SAMPLE_RATE
         self._resampler = None
-        self.worker_session: Optional[Ready] = None  # the worker's `ready` message
+        self.worker_session: Optional[Ready] = None  # the worker's latest `ready` message
+        self.sessions_opened = 0
+        self.backlog_seconds_sent = 0.0  # audio kept while there was no session, then sent
 
     def can_generate_metrics(self) -> bool:
         return True
 
     def language_to_service_language(self, language: Language) -> str | None:
         """The worker takes base codes: `en-US` → `en`."""
-        return str(language.value).split("-")[0].lower()
+        return str(language.value if isinstance(language, Language) else language).split("-")[0].lower()
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def setup(self, setup: FrameProcessorSetup):
-        await super().setup(setup)
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
         if self.sample_rate in SUPPORTED_SAMPLE_RATES:
             self._wire_rate = self.sample_rate
         else:  # a rate the worker does not take: resample here, to the model rate
             self._wire_rate = SAMPLE_RATE
             self._resampler = create_stream_resampler()
+        self._backlog.max_bytes = int(self._audio_buffer_secs * self._wire_rate) * 2
         await self._connect()
 
     async def stop(self, frame: EndFrame):
         await self._drain()  # every final reaches the pipeline before EndFrame does
+        if self._backlog.bytes:
+            logger.warning(f"{self}: ending with {self._backlog.bytes / 2 / self._wire_rate:.2f}s of audio "
+                           "the worker never received (no session)")
         await super().stop(frame)
 
     async def _do_reconnect(self):
@@ -194,110 +212,22 @@ class NvasrListenSTTService(WebsocketSTTService):
 
     # ------------------------------------------------------------------ connection
 
+    def _language_code(self) -> str:
+        return self.language_to_service_language(self._settings.language or Language.EN) or "en"
+
     def _url(self) -> str:
-        language = self._settings.language or "en"
-        return listen_url(str(self._settings.url), self._wire_rate, str(language))
+        return listen_url(str(self._settings.url), self._wire_rate, self._language_code())
 
-    async def _connect(self):
-        await super()._connect()
-        try:
-            await self._connect_websocket()
-        except Exception as e:
-            await self.push_error(f"cannot open a session on {self._settings.url}: {e}", exception=e)
-        # Started even when connecting failed (the receive loop's reconnect retries it),
-        # unless the failure was permanent: then there is nothing to retry.
-        if self.is_usable and not self._receive_task:
-            self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
+    def _check_configuration(self):
+        """Refuse locally what the worker would refuse: no connection, no retries."""
+        language = self._language_code()
+        if self._languages is not None and language not in self._languages:
+            raise UnsupportedConfiguration(
+                f"language {self._settings.language!r} is not served by this worker; use one of {list(self._languages)}"
+            )
 
-    async def _disconnect(self):
-        await super()._disconnect()
-        if self._receive_task:
-            await self.cancel_task(self._receive_task)
-            self._receive_task = None
-        await self._disconnect_websocket()
-
-    async def _connect_websocket(self):
-        """Open the socket and wait for `ready`; raise on refusal (see `_classify_error`)."""
-        if self._websocket and self._websocket.state is State.OPEN:
-            return
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        logger.debug(f"{self}: connecting to {self._url()}")
-        websocket = await self._websocket_connect(self._url(), additional_headers=headers, max_size=2**22)
-        try:
-            first = await asyncio.wait_for(websocket.recv(), self._ready_timeout)
-            message = parse_server_message(first)
-        except ConnectionClosed as e:
-            await websocket.close()
-            if e.rcvd is not None and e.rcvd.code == CloseCode.POLICY:
-                raise WorkerRejected(ErrorCode.UNAUTHORIZED, e.rcvd.reason or "closed with 1008") from e
-            raise ConnectionError(f"worker closed the connection before `ready`: {e}") from e
-        except asyncio.TimeoutError:
-            await websocket.close()
-            raise ConnectionError(f"no `ready` from the worker within {self._ready_timeout}s") from None
-        if isinstance(message, Error):
-            await websocket.close()
-            raise WorkerRejected(message.code, message.message)
-        if not isinstance(message, Ready):
-            await websocket.close()
-            raise ConnectionError(f"expected `ready`, got {message}")
-        self.worker_session = message
-        self._websocket = websocket
-        self._closed.clear()
-        if message.model and message.model != self._settings.model:
-            self._settings.model = message.model
-            self._sync_model_name_to_metrics()
-        logger.debug(f"{self}: session {message.session_id} on {message.model} ({message.chunk_ms} ms chunks)")
-        await self._send_configure(always=False)
-        await self._call_event_handler("on_connected")
-
-    async def _disconnect_websocket(self):
-        websocket, self._websocket = self._websocket, None
-        if websocket is None:
-            return
-        try:
-            if websocket.state is State.OPEN:
-                await websocket.close()
-        except Exception as e:
-            logger.warning(f"{self}: error closing the websocket: {e}")
-        finally:
-            await self._call_event_handler("on_disconnected")
-
-    async def _drain(self):
-        """Send `close` and wait (bounded) for the remaining finals and `closed`."""
-        websocket = self._websocket
-        if websocket is None or websocket.state is not State.OPEN or self._receive_task is None:
-            return
-        self._disconnecting = True  # the worker's normal close after `closed` is no reason to reconnect
-        try:
-            await websocket.send(dump(Close()))
-        except Exception as e:
-            logger.warning(f"{self}: could not send `close`: {e}")
-            return
-        closed = asyncio.ensure_future(self._closed.wait())
-        # Done on `closed`, or when the receive loop ends (the socket dropped), or on timeout.
-        done, _ = await asyncio.wait({closed, self._receive_task}, timeout=self._close_timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        closed.cancel()
-        if not done:
-            logger.warning(f"{self}: no `closed` within {self._close_timeout}s; the last words may be lost")
-
-    def _classify_error(self, exception: Exception) -> ErrorCategory | None:
-        if isinstance(exception, WorkerRejected):
-            return ERROR_CATEGORIES.get(exception.code, ErrorCategory.UNKNOWN)
-        return None
-
-    # ------------------------------------------------------------------ sending
-
-    async def _send_json(self, message) -> bool:
-        websocket = self._websocket
-        if websocket is None or websocket.state is not State.OPEN:
-            return False
-        try:
-            await websocket.send(dump(message))
-            return True
-        except Exception as e:
-            logger.warning(f"{self}: could not send {message.type}: {e}")
-            return False
+    # ------------------------------------------------------------------ sending (the
+    # socket side, `_send_or_keep`, is in `ListenSessionMixin`)
 
     async def _send_configure(self, always: bool = True):
         """Send the boost phrases; on connect only when there are some."""
@@ -306,16 +236,12 @@ class NvasrListenSTTService(WebsocketSTTService):
             await self._send_json(Configure(boost=phrases))
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        """Send PCM; transcripts come back on the receive loop."""
-        websocket = self._websocket
-        if websocket is not None and websocket.state is State.OPEN:
-            if self._resampler is not None:
-                audio = await self._resampler.resample(audio, self.sample_rate, self._wire_rate)
-            if audio:
-                try:
-                    await websocket.send(audio)
-                except Exception as e:
-                    logger.warning(f"{self}: send failed, the receive loop will reconnect: {e}")
+        """Send PCM (or keep it while there is no session); transcripts come back on the
+        connection task."""
+        if self._resampler is not None:
+            audio = await self._resampler.resample(audio, self.sample_rate, self._wire_rate)
+        if audio:
+            await self._send_or_keep(audio)
         yield None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
@@ -324,35 +250,17 @@ class NvasrListenSTTService(WebsocketSTTService):
             await self._send_finalize()
 
     async def _send_finalize(self):
-        """The user stopped speaking: ask for the utterance now (answered `from_finalize`)."""
-        if self._websocket is None or self._websocket.state is not State.OPEN:
+        """The user stopped speaking: ask for the utterance now (answered `from_finalize`).
+
+        Without a session the request waits in the backlog behind the audio it ends."""
+        if not self.is_usable:
             return
-        self.request_finalize()
-        await self.start_processing_metrics()  # the finalize round trip is a discrete request
-        await self._send_json(Finalize())
+        if self._live:  # a kept finalize is requested when the backlog sends it
+            self.request_finalize()
+        await self._send_or_keep(Finalize())
 
-    # ------------------------------------------------------------------ receiving
-
-    async def _receive_messages(self):
-        if self._websocket is None:
-            raise ConnectionError("not connected")
-        try:
-            async for raw in self._websocket:
-                if isinstance(raw, bytes):
-                    continue
-                try:
-                    message = parse_server_message(raw)
-                except (ProtocolError, ValueError, TypeError) as e:
-                    logger.warning(f"{self}: ignoring a message this client does not understand: {e}")
-                    continue
-                await self._on_message(message)
-        except ConnectionClosedError as e:
-            if e.rcvd is not None and e.rcvd.code == CloseCode.POLICY and self.is_usable:
-                await self.push_error(
-                    f"the worker ended the session (1008): {e.rcvd.reason}",
-                    category=ErrorCategory.AUTHENTICATION,
-                )
-            raise
+    # ------------------------------------------------------------------ receiving (the loop,
+    # `_receive_messages`, is in `ListenSessionMixin`)
 
     async def _on_message(self, message):
         if isinstance(message, Partial):
@@ -366,7 +274,7 @@ class NvasrListenSTTService(WebsocketSTTService):
 
     def _language(self) -> Optional[Language]:
         try:
-            return Language(self._settings.language)
+            return Language(self._language_code())
         except ValueError:
             return None
 
@@ -394,8 +302,12 @@ class NvasrListenSTTService(WebsocketSTTService):
             # The words already went out in an earlier final; report TTFB now.
             await self.stop_ttfb_metrics()
             await self._cancel_ttfb_timeout()
-        if final.from_finalize:
-            await self.stop_processing_metrics()  # the finalize round trip
+        if final.from_finalize and self._need_reconnect:
+            # A `url`/`language` change waits for the user's turn to end; Pipecat learns that
+            # from UserStoppedSpeakingFrame, which a pipeline without a user aggregator (the
+            # example bots) never sees. The finalize answer is as safe a point: every word
+            # sent so far is out. Its own task: the drain waits on this receive loop.
+            self.create_task(self._maybe_reconnect_on_user_stopped_speaking(), "nvasr_deferred_reconnect")
 
     async def _on_error(self, error: Error):
         category = ERROR_CATEGORIES.get(error.code, ErrorCategory.UNKNOWN)

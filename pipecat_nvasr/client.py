@@ -7,12 +7,32 @@ client is for everything outside a pipeline.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import AsyncIterator, Optional
 from urllib.parse import urlencode
 
 import websockets
 
-from .protocol import LISTEN_PATH, Closed, Ready, ServerMessage, parse_server_message
+from .protocol import LISTEN_PATH, Closed, Ready, ServerMessage, UnknownMessage, parse_server_message
+
+log = logging.getLogger(__name__)
+
+# A scale-to-zero deployment (Modal) holds the WebSocket upgrade while a container boots,
+# which takes about a minute: the defaults wait that long for the upgrade and for `ready`.
+COLD_START_TIMEOUT_S = 90.0
+
+
+class UnknownTypes:
+    """Remembers which unknown server message types were already logged (log each once)."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def first_time(self, message: UnknownMessage) -> bool:
+        if message.kind in self.seen:
+            return False
+        self.seen.add(message.kind)
+        return True
 
 
 def listen_url(base_url: str, sample_rate: int = 16000, language: str = "en", token: Optional[str] = None) -> str:
@@ -29,20 +49,51 @@ def listen_url(base_url: str, sample_rate: int = 16000, language: str = "en", to
 
 
 class ListenClient:
-    def __init__(self, url: str, token: Optional[str] = None, sample_rate: int = 16000, language: str = "en"):
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str] = None,
+        sample_rate: int = 16000,
+        language: str = "en",
+        open_timeout: float = COLD_START_TIMEOUT_S,
+        ready_timeout: float = COLD_START_TIMEOUT_S,
+    ):
         self.url = listen_url(url, sample_rate, language)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.open_timeout = open_timeout
+        self.ready_timeout = ready_timeout
         self.ready: Optional[Ready] = None
         self._ws = None
+        self._unknown = UnknownTypes()
 
     async def __aenter__(self) -> "ListenClient":
-        self._ws = await websockets.connect(self.url, additional_headers=self.headers, max_size=2**22)
-        first = parse_server_message(await self._ws.recv())
+        self._ws = await websockets.connect(
+            self.url, additional_headers=self.headers, max_size=2**22, open_timeout=self.open_timeout
+        )
+        try:
+            first = await asyncio.wait_for(self._first_known(), self.ready_timeout)
+        except BaseException:
+            await self._ws.close()
+            raise
         if not isinstance(first, Ready):
             await self._ws.close()
             raise ConnectionError(f"worker refused the session: {first}")
         self.ready = first
         return self
+
+    async def _first_known(self):
+        while True:
+            message = self._skip_unknown(parse_server_message(await self._ws.recv()))
+            if message is not None:
+                return message
+
+    def _skip_unknown(self, message):
+        """None for a message type this client does not know (logged once per type)."""
+        if isinstance(message, UnknownMessage):
+            if self._unknown.first_time(message):
+                log.warning("skipping server messages of unknown type %r (a newer worker?)", message.kind)
+            return None
+        return message
 
     async def __aexit__(self, *exc) -> None:
         await self._ws.close()
@@ -63,7 +114,9 @@ class ListenClient:
         """Server messages until `closed` (included) or the socket ends."""
         try:
             async for raw in self._ws:
-                event = parse_server_message(raw)
+                event = self._skip_unknown(parse_server_message(raw))
+                if event is None:
+                    continue
                 yield event
                 if isinstance(event, Closed):
                     return

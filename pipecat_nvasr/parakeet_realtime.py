@@ -133,7 +133,6 @@ class ParakeetRealtimeSTTService(NvasrListenSTTService):
     async def _on_backchannel(self, final: Final):
         if final.from_finalize:
             self.confirm_finalize()
-            await self.stop_processing_metrics()
         frame = UserBackchannelFrame(text=final.text, user_id=self._user_id, timestamp=time_now_iso8601())
         await self.push_frame(frame)
         await self._call_event_handler("on_backchannel", final)

@@ -8,7 +8,7 @@ third-party imports, so a bot pays nothing for it. docs/protocol.md explains it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional, Union
 
 PROTOCOL_VERSION = 1
@@ -183,19 +183,54 @@ class Error:
 ServerMessage = Union[Ready, Partial, Final, Closed, Error]
 
 
+@dataclass
+class UnknownMessage:
+    """A server message of a type this client does not know (from a newer worker).
+
+    Clients skip it (logging the type once): a worker may add message types within
+    protocol v1 without breaking older clients. See docs/protocol.md, "Versioning".
+    """
+
+    kind: str
+    data: dict = field(default_factory=dict)
+    type: str = "unknown"
+
+
 def dump(message: Union[ServerMessage, ClientMessage]) -> str:
     """Serialise a message; optional fields that are None are left out."""
     return json.dumps({k: v for k, v in asdict(message).items() if v is not None})
 
 
-def parse_server_message(text: str) -> ServerMessage:
-    """Parse a server text frame (used by clients). Unknown types raise ProtocolError."""
-    data = json.loads(text)
-    kind = data.pop("type", None)
-    if kind == "final":
-        data["words"] = [Word(**w) for w in data.get("words", [])]
-        return Final(**data)
-    types = {"ready": Ready, "partial": Partial, "closed": Closed, "error": Error}
-    if kind not in types:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown server message type: {kind!r}")
-    return types[kind](**data)
+def _known_fields(cls, data: dict) -> dict:
+    """The fields `cls` declares; a newer peer's extra fields are ignored, not errors."""
+    names = {f.name for f in fields(cls)} - {"type"}
+    return {k: v for k, v in data.items() if k in names}
+
+
+_SERVER_TYPES = {"ready": Ready, "partial": Partial, "final": Final, "closed": Closed, "error": Error}
+
+
+def parse_server_message(text: str) -> Union[ServerMessage, UnknownMessage]:
+    """Parse a server text frame (used by clients).
+
+    Unknown fields are ignored and an unknown `type` comes back as `UnknownMessage`, so a
+    newer worker never breaks an older client. A frame that is not a JSON object, or a
+    known type missing a required field, raises ProtocolError(bad_message).
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "server text frames must be JSON objects") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "server text frames must be JSON objects")
+    kind = data.get("type")
+    cls = _SERVER_TYPES.get(kind)
+    if cls is None:
+        return UnknownMessage(kind=str(kind), data=data)
+    values = _known_fields(cls, data)
+    try:
+        if cls is Final:
+            values["words"] = [Word(**_known_fields(Word, w)) for w in values.get("words") or []]
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"malformed {kind!r} message: {exc}") from None

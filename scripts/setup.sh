@@ -16,5 +16,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[server,modal,agents,dev]"
+.venv/bin/pip install -q -e ".[server,modal,agents,dev]" -c scripts/lower-bounds.txt  # test the lower bounds
 touch .venv/.installed

@@ -59,6 +59,7 @@ def test_local_pipeline_main_job_prints_finals_and_exits_0(request):
     finals = re.findall(r"^FINAL \[.*?\] (.*?)(?:  \(finalized on VAD stop.*\))?$", out, re.M)
     assert finals, out[-2000:]
     assert "worker ready on ws://127.0.0.1:" in out
+    assert re.search(r"worker ready on .* on (cpu|cuda)$", out, re.M)  # --device auto resolved
     assert re.search(r"done: \d+ final transcript\(s\), 0 error\(s\)", out)
     if trained.exists():
         assert "could not be downloaded" in out  # the fallback is announced, not silent
@@ -66,3 +67,14 @@ def test_local_pipeline_main_job_prints_finals_and_exits_0(request):
         spoken = set((ASSETS / "demo.txt").read_text().lower().split())
         heard = set(re.sub(r"[^a-z' ]", " ", " ".join(finals).lower()).split())
         assert len(spoken & heard) >= 0.8 * len(spoken), (heard, spoken)
+
+
+def test_make_demo_takes_a_device():
+    root = AGENTS.parent
+    for args, device in (([], "auto"), (["DEVICE=cuda"], "cuda"), (["DEVICE=cpu"], "cpu")):
+        plan = subprocess.run(["make", "-n", "demo", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        assert plan.returncode == 0, plan.stderr
+        assert f"agents/local_pipeline.py --device {device}" in plan.stdout, plan.stdout
+    usage = subprocess.run([sys.executable, str(AGENTS / "local_pipeline.py"), "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert "--device" in usage.stdout

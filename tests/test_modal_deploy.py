@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TOKEN, LiveServer, noise_audio, to_pcm16
@@ -75,3 +79,74 @@ async def test_parakeet_realtime_class_serves_the_eou_worker(deploy):
             events = [e async for e in client.events()]
             await sender
     assert isinstance(events[-1], Closed) and any(isinstance(e, Final) for e in events)
+
+
+# What a process that imported modal_deploy.py says it would serve and what it tells Modal.
+REPORT = r"""
+import json, warnings
+warnings.simplefilter("ignore")
+import modal_deploy as d
+from modal._utils.async_utils import synchronizer
+
+def container_env(name):
+    env = {}
+    for secret in d.app.registered_functions[name]._spec_.secrets:
+        load = synchronizer._translate_in(secret)._load_env_dict
+        if load is not None:  # `env=` on the class becomes an inline secret
+            env.update(load())
+    return env
+
+print(json.dumps({
+    "served": {"Nemotron": d.Nemotron.config, "ParakeetRealtime": d.ParakeetRealtime.config,
+               "Parakeet": d.Parakeet.config},
+    "concurrency": {"Nemotron": d.NEMOTRON_SESSIONS, "ParakeetRealtime": d.REALTIME_SESSIONS,
+                    "Parakeet": d.PARAKEET_INPUTS, "ParakeetSegmenter": d.SEGMENTER_SESSIONS},
+    "gpus": {n: d.app.registered_functions[n + ".*"]._spec_.gpus for n in ("Nemotron", "ParakeetRealtime", "Parakeet")},
+    "scaling": {n: getattr(d, "_scaling", lambda p: None)(n) for n in ("NEMOTRON", "REALTIME", "PARAKEET")},
+    "container_env": {n: container_env(n + ".*") for n in ("Nemotron", "ParakeetRealtime", "Parakeet", "ParakeetSegmenter")},
+}))
+"""
+
+
+def _import_report(env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", REPORT], env=env, cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_containers_serve_the_deploy_time_settings(tmp_path):
+    """Deploy with custom settings; then import the module as a container does: a fresh
+    interpreter with none of the deploying shell's NVASR_* variables, only the environment
+    the deployment gave the class. It must serve what was deployed."""
+    root = str(Path(__file__).parent.parent)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("NVASR_", "MODAL_TOKEN_"))}
+    base["PYTHONPATH"] = root
+    deploy_env = dict(
+        base,
+        NVASR_GPU="L40S",
+        NVASR_NEMOTRON_MODEL=str(tmp_path / "custom-nemotron.nemo"),
+        NVASR_NEMOTRON_CHUNK_MS="80",
+        NVASR_NEMOTRON_SESSIONS="48",
+        NVASR_NEMOTRON_MIN_CONTAINERS="1",
+        NVASR_NEMOTRON_BUFFER_CONTAINERS="2",
+        NVASR_REALTIME_SESSIONS="24",
+        NVASR_STREAMING_MAX_BATCH="32",
+        NVASR_PARAKEET_MODEL="nvidia/parakeet-tdt-0.6b-v2",
+        NVASR_PARAKEET_MAX_BATCH="64",
+    )
+    deployed = _import_report(deploy_env)
+    for name, carried in deployed["container_env"].items():
+        # the container: the image's environment plus the class's `env`, nothing from the deploy shell
+        in_container = _import_report(dict(base, MODAL_IS_REMOTE="1", **carried))
+        assert in_container["served"] == deployed["served"], name
+        assert in_container["concurrency"] == deployed["concurrency"], name
+        assert in_container["gpus"] == deployed["gpus"], name
+
+    nemotron = deployed["served"]["Nemotron"]
+    assert nemotron["model"].endswith("custom-nemotron.nemo") and nemotron["chunk_ms"] == 80
+    assert nemotron["max_sessions"] == deployed["concurrency"]["Nemotron"] == 48
+    assert deployed["served"]["ParakeetRealtime"]["max_sessions"] == deployed["concurrency"]["ParakeetRealtime"] == 24
+    assert deployed["gpus"]["Nemotron"] == "L40S"
+    assert deployed["scaling"]["NEMOTRON"] == {"min_containers": 1, "buffer_containers": 2}
+    assert deployed["scaling"]["PARAKEET"] == {"min_containers": None, "buffer_containers": None}

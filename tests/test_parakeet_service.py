@@ -16,6 +16,7 @@ from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
+from pipecat.utils.errors import ErrorCategory
 
 from batch_helpers import ASSETS, batch_model, model_is_accurate, word_accuracy
 from conftest import TOKEN, LiveServer, to_pcm16
@@ -74,7 +75,31 @@ async def test_vad_segments_become_finalized_transcripts(worker, clip):
         if model_is_accurate():
             assert word_accuracy(utt["text"], frame.text) >= 0.75, (frame.text, utt["text"])
     metrics = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
-    assert any(isinstance(d, ProcessingMetricsData) for d in metrics)
+    processing = [d for d in metrics if isinstance(d, ProcessingMetricsData) and d.value > 0]
+    assert processing and all(d.model == worker.model.model_name for d in processing)  # the worker's model
+
+
+async def test_the_requested_language_reaches_the_worker_and_labels_the_frames(worker, clip):
+    stt = ParakeetSTTService(base_url=worker.http, api_key=TOKEN, settings=ParakeetSTTService.Settings(language=Language.DE))
+    down, up = await run_test(
+        pipeline(stt), frames_to_send=audio_frames(clip["samples"]), start_timeout=10,
+        pipeline_params=PipelineParams(audio_in_sample_rate=16000),
+    )
+    finals = [f for f in down if isinstance(f, TranscriptionFrame)]
+    assert finals and all(f.result["language"] == "german" for f in finals)  # what the worker says it did
+    assert all(f.language == Language.DE for f in finals)
+
+
+async def test_an_unsupported_language_is_one_permanent_configuration_error(worker, clip):
+    stt = ParakeetSTTService(base_url=worker.http, api_key=TOKEN, settings=ParakeetSTTService.Settings(language=Language.JA))
+    down, up = await run_test(
+        pipeline(stt), frames_to_send=audio_frames(clip["samples"]), start_timeout=10,
+        pipeline_params=PipelineParams(audio_in_sample_rate=16000),
+    )
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and errors[0].category is ErrorCategory.INVALID_REQUEST, [e.error for e in errors]
+    assert not stt.is_usable
+    assert not [f for f in down if isinstance(f, TranscriptionFrame)]
 
 
 async def test_wrong_token_is_one_permanent_error(worker, clip):
@@ -85,6 +110,7 @@ async def test_wrong_token_is_one_permanent_error(worker, clip):
     )
     errors = [f for f in up if isinstance(f, ErrorFrame)]
     assert len(errors) == 1 and "token" in errors[0].error
+    assert errors[0].category is ErrorCategory.AUTHENTICATION
     assert not stt.is_usable
     assert not [f for f in down if isinstance(f, TranscriptionFrame)]
 
