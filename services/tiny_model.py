@@ -81,13 +81,18 @@ def model_config(
     n_heads: int = 2,
     att_context_size: Optional[list[list[int]]] = None,
     eou: bool = False,
+    ff_expansion_factor: int = 2,
+    subsampling_conv_channels: int = 32,
+    pred_hidden: Optional[int] = None,
+    pred_rnn_layers: int = 1,
 ) -> dict:
     """A cache-aware FastConformer-RNNT config in the shape of the production models."""
     att_context_size = att_context_size or [[70, 13], [70, 6], [70, 1], [70, 0]]
+    pred_hidden = pred_hidden or d_model
     sample_rate = 16000
     cfg = {
         "sample_rate": sample_rate,
-        "model_defaults": {"enc_hidden": d_model, "pred_hidden": d_model, "joint_hidden": d_model},
+        "model_defaults": {"enc_hidden": d_model, "pred_hidden": pred_hidden, "joint_hidden": pred_hidden},
         "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
         "preprocessor": {
             "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
@@ -112,9 +117,9 @@ def model_config(
             "d_model": d_model,
             "subsampling": "dw_striding",
             "subsampling_factor": 8,
-            "subsampling_conv_channels": 32,
+            "subsampling_conv_channels": subsampling_conv_channels,
             "causal_downsampling": True,
-            "ff_expansion_factor": 2,
+            "ff_expansion_factor": ff_expansion_factor,
             "self_attention_model": "rel_pos",
             "n_heads": n_heads,
             "att_context_size": att_context_size,
@@ -136,14 +141,14 @@ def model_config(
             "normalization_mode": None,
             "random_state_sampling": False,
             "blank_as_pad": True,
-            "prednet": {"pred_hidden": d_model, "pred_rnn_layers": 1, "t_max": None, "dropout": 0.0},
+            "prednet": {"pred_hidden": pred_hidden, "pred_rnn_layers": pred_rnn_layers, "t_max": None, "dropout": 0.0},
         },
         "joint": {
             "_target_": "nemo.collections.asr.modules.RNNTJoint",
             "log_softmax": None,
             "preserve_memory": False,
             "fuse_loss_wer": False,
-            "jointnet": {"joint_hidden": d_model, "activation": "relu", "dropout": 0.0},
+            "jointnet": {"joint_hidden": pred_hidden, "activation": "relu", "dropout": 0.0},
         },
         "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
         "loss": {"loss_name": "default"},

@@ -149,6 +149,7 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
         from nemo.collections.asr.inference.streaming.framing.request import Frame
 
         frames = []
+        self.pipeline.end_now = {item.stream_id for item in items if item.end_utterance}
         for item in items:
             samples = item.samples
             if len(samples) < self.chunk_samples:
@@ -256,6 +257,6 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
             result.finals.append(Final(text=out.final_transcript.strip(), start=start, end=end, words=words))
             self._utterance_start[sid] = end
         partial = out.partial_transcript.strip()
-        if partial and not item.is_last:
+        if partial and not (item.is_last or item.end_utterance):
             result.partial = Partial(text=partial, start=self._utterance_start.get(sid, 0.0), end=now)
         return result

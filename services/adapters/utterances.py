@@ -6,8 +6,8 @@ carries the previous utterance's last words into the next one. Models trained on
 utterances then stay silent after their first endpoint (measured on our test model: a
 three-sentence demo came back as one sentence without the reset, exact with it).
 
-So when an utterance ends mid-stream (NeMo's blank-run endpoint, or a model marker such as
-`<EOU>`), only the RNNT decoder starts again: the encoder cache and the feature buffer carry
+So when an utterance ends mid-stream (NeMo's blank-run endpoint, a model marker such as
+`<EOU>`, or a client `finalize` — a VAD pause is not the end of the stream), only the RNNT decoder starts again: the encoder cache and the feature buffer carry
 on, so the next utterance keeps its acoustic left context and no audio is re-fed; stream
 time carries on too (the new hypothesis counts frames from zero, so the state's global
 offset moves to the frames already seen). Subclasses name markers via `end_marker`.
@@ -33,6 +33,7 @@ def utterance_pipeline_class(base: type) -> type:
         def init_utterances(self) -> None:
             self.frames_seen: dict[int, int] = {}  # stream → encoder frames decoded so far
             self.silent_frames: dict[int, int] = {}  # stream → blank frames since its last token
+            self.end_now: set[int] = set()  # streams whose utterance a client finalize ends this step
 
         def end_marker(self, output: dict, labels: list[int]) -> Optional[str]:
             """A token of this step that ends the utterance by itself (none for plain RNNT)."""
@@ -55,7 +56,12 @@ def utterance_pipeline_class(base: type) -> type:
             # very sure token; NeMo's word builder then raises and the whole batch's step would fail.
             output["confidences"] = [min(1.0, max(0.0, float(c))) for c in output["confidences"]]
             marker = self.end_marker(output, labels)
-            ended = request.is_last or marker is not None or self._silence_ends(sid, state, output, labels)
+            ended = (
+                request.is_last
+                or sid in self.end_now
+                or marker is not None
+                or self._silence_ends(sid, state, output, labels)
+            )
             state.update_state(output, eou_detected=ended)
             if request.is_last:
                 self._forget(sid)

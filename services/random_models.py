@@ -1,0 +1,71 @@
+"""`random:<arch>` model specs: cache-aware FastConformer-RNNT models built from config with
+random weights, for benchmarks and tests (no weights are downloadable here).
+
+    random:minimal        d_model 16, 1 layer: next to no compute, so a step's time is host cost
+    random:tiny           d_model 64, 2 layers (the tests' random model)
+    random:nemotron-0.6b  the production shape: 24 layers, d_model 1024, 8 heads, FF x4, 8x
+                          dw_striding subsampling (256 channels), causal convs kernel 9,
+                          chunked_limited attention [[70,13],[70,6],[70,1],[70,0]], 2-layer LSTM
+                          prediction net and joint of 640 (NeMo's FastConformer-large streaming
+                          recipe; ~0.6 B parameters with a 1,024-piece vocabulary)
+
+The tokenizer is trained on the small word list in `tiny_model.WORDS`; SentencePiece stops
+short of a large requested vocabulary, so `nemotron-0.6b`'s joint is narrower than the real
+model's (a few hundred outputs, not 1,025) — a small share of its compute.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+PREFIX = "random:"
+
+ARCHS: dict[str, dict] = {
+    "minimal": dict(d_model=16, n_layers=1, n_heads=1, subsampling_conv_channels=8, vocab=64),
+    "tiny": dict(d_model=64, n_layers=2, n_heads=2, vocab=64),
+    "nemotron-0.6b": dict(
+        d_model=1024, n_layers=24, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
+        pred_hidden=640, pred_rnn_layers=2, vocab=1024,
+    ),
+}
+
+_built: dict[tuple[str, bool], object] = {}
+_saved: dict[tuple[str, bool], Path] = {}
+
+
+def is_random(spec: str) -> bool:
+    return spec.startswith(PREFIX)
+
+
+def arch_of(spec: str) -> str:
+    arch = spec[len(PREFIX):]
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model spec {spec!r}; known: {[PREFIX + a for a in ARCHS]}")
+    return arch
+
+
+def build(spec: str, eou: bool = False, seed: int = 0):
+    """The model for a `random:` spec (built once per process, eval mode, on the CPU)."""
+    key = (arch_of(spec), eou)
+    if key not in _built:
+        from .tiny_model import build_model, train_tokenizer
+
+        params = dict(ARCHS[key[0]])
+        vocab = params.pop("vocab")
+        work = Path(tempfile.mkdtemp(prefix="nvasr-random-"))
+        tok = train_tokenizer(work / "tok", vocab_size=vocab, eou=eou)
+        _built[key] = build_model(tok, seed=seed, eou=eou, **params)
+    return _built[key]
+
+
+def nemo_path(spec: str, eou: bool = False) -> str:
+    """A `.nemo` file for a spec (for loaders that only take paths, e.g. NeMo's pipeline builder)."""
+    if not is_random(spec):
+        return spec
+    key = (arch_of(spec), eou)
+    if key not in _saved:
+        path = Path(tempfile.mkdtemp(prefix="nvasr-random-")) / f"{key[0]}.nemo"
+        build(spec, eou=eou).save_to(str(path))
+        _saved[key] = path
+    return str(_saved[key])
