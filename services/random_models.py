@@ -1,7 +1,7 @@
 """`random:<arch>` model specs: cache-aware FastConformer-RNNT models built from config with
 random weights, for benchmarks and tests (no weights are downloadable here).
 
-    random:minimal        d_model 16, 1 layer: next to no compute, so a step's time is host cost
+    random:minimal        d_model 16, 1 layer, 16 mels: next to no compute, so a step's time is host cost
     random:tiny           d_model 64, 2 layers (the tests' random model)
     random:nemotron-0.6b  the production shape: 24 layers, d_model 1024, 8 heads, FF x4, 8x
                           dw_striding subsampling (256 channels), causal convs kernel 9,
@@ -22,7 +22,9 @@ from pathlib import Path
 PREFIX = "random:"
 
 ARCHS: dict[str, dict] = {
-    "minimal": dict(d_model=16, n_layers=1, n_heads=1, subsampling_conv_channels=8, vocab=64),
+    # 16 mel bands from a 128-point FFT, 4 subsampling channels: the front end costs next to nothing too
+    "minimal": dict(d_model=16, n_layers=1, n_heads=1, subsampling_conv_channels=4, n_mels=16, n_fft=128,
+                    window_size=0.008, vocab=64),
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, vocab=64),
     "nemotron-0.6b": dict(
         d_model=1024, n_layers=24, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
@@ -30,7 +32,7 @@ ARCHS: dict[str, dict] = {
     ),
 }
 
-_built: dict[tuple[str, bool], object] = {}
+_tokenizers: dict[tuple[str, bool], Path] = {}
 _saved: dict[tuple[str, bool], Path] = {}
 
 
@@ -46,17 +48,16 @@ def arch_of(spec: str) -> str:
 
 
 def build(spec: str, eou: bool = False, seed: int = 0):
-    """The model for a `random:` spec (built once per process, eval mode, on the CPU)."""
-    key = (arch_of(spec), eou)
-    if key not in _built:
-        from .tiny_model import build_model, train_tokenizer
+    """A fresh model for a `random:` spec (eval mode, CPU); same seed, same weights."""
+    from .tiny_model import build_model, train_tokenizer
 
-        params = dict(ARCHS[key[0]])
-        vocab = params.pop("vocab")
+    key = (arch_of(spec), eou)
+    params = dict(ARCHS[key[0]])
+    vocab = params.pop("vocab")
+    if key not in _tokenizers:
         work = Path(tempfile.mkdtemp(prefix="nvasr-random-"))
-        tok = train_tokenizer(work / "tok", vocab_size=vocab, eou=eou)
-        _built[key] = build_model(tok, seed=seed, eou=eou, **params)
-    return _built[key]
+        _tokenizers[key] = train_tokenizer(work / "tok", vocab_size=vocab, eou=eou)
+    return build_model(_tokenizers[key], seed=seed, eou=eou, **params)
 
 
 def nemo_path(spec: str, eou: bool = False) -> str:

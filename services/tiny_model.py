@@ -85,6 +85,9 @@ def model_config(
     subsampling_conv_channels: int = 32,
     pred_hidden: Optional[int] = None,
     pred_rnn_layers: int = 1,
+    n_mels: int = 80,
+    n_fft: int = 512,
+    window_size: float = 0.025,
 ) -> dict:
     """A cache-aware FastConformer-RNNT config in the shape of the production models."""
     att_context_size = att_context_size or [[70, 13], [70, 6], [70, 1], [70, 0]]
@@ -98,11 +101,11 @@ def model_config(
             "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
             "sample_rate": sample_rate,
             "normalize": "NA",
-            "window_size": 0.025,
+            "window_size": window_size,
             "window_stride": 0.01,
             "window": "hann",
-            "features": 80,
-            "n_fft": 512,
+            "features": n_mels,
+            "n_fft": n_fft,
             "log": True,
             "frame_splicing": 1,
             "dither": 0.0,
@@ -111,7 +114,7 @@ def model_config(
         },
         "encoder": {
             "_target_": "nemo.collections.asr.modules.ConformerEncoder",
-            "feat_in": 80,
+            "feat_in": n_mels,
             "feat_out": -1,
             "n_layers": n_layers,
             "d_model": d_model,

@@ -16,8 +16,8 @@ restarts at <SOS>; encoder cache, feature context and stream time carry on.
 
 from __future__ import annotations
 
-import copy
 import math
+import time
 from typing import Optional
 
 import numpy as np
@@ -42,7 +42,7 @@ def _wrapper_class():
 
             if not random_models.is_random(model_name):
                 return CacheAwareRNNTInferenceWrapper.load_model(model_name, map_location)
-            return copy.deepcopy(random_models.build(model_name, eou=self.eou)).to(map_location).eval()
+            return random_models.build(model_name, eou=self.eou).to(map_location).eval()
 
     return ModelWrapper
 
@@ -127,6 +127,9 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         pin = self.device.type == "cuda"
         self._audio = torch.zeros(max_streams, self.chunk_samples, dtype=torch.float32, pin_memory=pin).numpy()
         self._marker_array = np.zeros(0, np.int64)  # end-of-utterance marker tokens (EOU subclass)
+        # seconds spent in the model's modules vs all of step(), for the benchmark's compute /
+        # bookkeeping split (wall clock: on a GPU these time kernel launches, not kernels)
+        self.seconds = {"features": 0.0, "encoder": 0.0, "decoder": 0.0, "step": 0.0}
 
     def _autocast(self):
         return self._torch.amp.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=self.amp)
@@ -138,6 +141,12 @@ class VectorisedRNNTAdapter(StreamingAdapter):
     # ------------------------------------------------------------------ engine contract
 
     def step(self, items: list[StepItem]) -> list[StepOutput]:
+        started = time.perf_counter()
+        outputs = self._step(items)
+        self.seconds["step"] += time.perf_counter() - started
+        return outputs
+
+    def _step(self, items: list[StepItem]) -> list[StepOutput]:
         torch = self._torch
         store, n, chunk = self.store, len(items), self.chunk_samples
         slots = np.empty(n, np.int64)
@@ -174,7 +183,9 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         with torch.inference_mode(), self._autocast():
             idx = torch.from_numpy(slots).to(self.device, non_blocking=True)
             audio_t = torch.from_numpy(audio[:n]).to(self.device, non_blocking=True)
+            t0 = time.perf_counter()
             buffers, right_pad = self.frontend.step(store, idx, audio_t, torch.from_numpy(valid).to(self.device))
+            self.seconds["features"] += time.perf_counter() - t0
             if not last_rows:
                 groups = [(np.arange(n), False)]
             else:
@@ -196,16 +207,20 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         length = torch.full((len(rows),), signal.shape[2], dtype=torch.long, device=self.device)
         if keep_all:
             length = length - right_pad
-        channel, time, cache_len = store.encoder_rows(idx)
-        encoded, encoded_len, channel, time, cache_len = self.encoder.cache_aware_stream_step(
+        t0 = time.perf_counter()
+        channel, lookback, cache_len = store.encoder_rows(idx)
+        encoded, encoded_len, channel, lookback, cache_len = self.encoder.cache_aware_stream_step(
             processed_signal=signal, processed_signal_length=length, cache_last_channel=channel,
-            cache_last_time=time, cache_last_channel_len=cache_len, keep_all_outputs=keep_all,
+            cache_last_time=lookback, cache_last_channel_len=cache_len, keep_all_outputs=keep_all,
             drop_extra_pre_encoded=self.drop_extra,
         )
-        store.put_encoder_rows(idx, channel, time, cache_len)
+        store.put_encoder_rows(idx, channel, lookback, cache_len)
+        t1 = time.perf_counter()
         group_slots = slots[rows]
         bias = store.bias_id[group_slots] if self.greedy.computer.per_stream_biasing_enabled else None
         lengths, tokens, frames, confidence = self.greedy.step(store, idx, encoded, encoded_len, bias)
+        self.seconds["encoder"] += t1 - t0
+        self.seconds["decoder"] += time.perf_counter() - t1
         self._account(rows, group_slots, lengths, tokens, frames, confidence, ended, marker)
 
     def _account(self, rows, group_slots, lengths, tokens, frames, confidence, ended, marker) -> None:
