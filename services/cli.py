@@ -68,6 +68,7 @@ def _serve_streaming(args) -> None:
         max_sessions=args.max_sessions,
         max_batch=args.max_batch,
         token=resolve_token(args),
+        decoder_path=args.decoder_path,
     )
     app = create_streaming_app(cfg)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws_max_size=4 * 1024 * 1024)
@@ -217,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_sub = serve.add_subparsers(dest="worker", required=True)
     for worker in STREAMING_WORKERS:
         p = serve_sub.add_parser(worker, help=f"the {worker} streaming worker")
-        p.add_argument("--model", help="Hugging Face id or local .nemo (default: the production model)")
+        p.add_argument("--model", help="Hugging Face id, local .nemo or random:<arch> (default: the production model)")
+        p.add_argument("--decoder-path", choices=["vectorised", "nemo"], default="vectorised",
+                       help="vectorised step (default) or NeMo's CacheAwareRNNTPipeline")
         p.add_argument("--fallback-model", help="local .nemo to use, with a warning, if --model cannot load")
         p.add_argument("--device", default="cuda" if _cuda() else "cpu")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])

@@ -248,24 +248,27 @@ class VectorisedRNNTAdapter(StreamingAdapter):
             spoken = (store.utt_tokens[group_slots] + count) > 0
             ended[rows] |= spoken & (silent * self.stride_ms >= self.endpoint_silence_ms)
         store.utt_tokens[group_slots] += count
-        if width:
+        with_tokens = np.flatnonzero(count)
+        if len(with_tokens):
             np.clip(confidence, 0.0, 1.0, out=confidence)  # max_prob can round a hair above 1
-            offsets = store.utt_offset[group_slots]
-            for r in np.flatnonzero(count):
-                k = keep[r]
-                self.text.extend(int(group_slots[r]), tokens[r][k].tolist(), (frames[r][k] + offsets[r]).tolist(),
-                                 confidence[r][k].tolist())
+            frames = frames + store.utt_offset[group_slots][:, None]  # stream frames
+            # row-major boolean indexing keeps each row's tokens together and in order
+            new_tokens, new_frames, new_conf = tokens[keep].tolist(), frames[keep].tolist(), confidence[keep].tolist()
+            ends = np.cumsum(count[with_tokens]).tolist()
+            extend, start = self.text.extend, 0
+            for slot, end in zip(group_slots[with_tokens].tolist(), ends):
+                extend(slot, new_tokens[start:end], new_frames[start:end], new_conf[start:end])
+                start = end
 
     def _outputs(self, items, slots, ended, marker) -> list[StepOutput]:
-        store, text, rate = self.store, self.text, self.sample_rate
-        seconds = store.samples[slots] / rate
+        store, partials = self.store, self.text.partial
+        now_list = (store.samples[slots] / self.sample_rate).tolist()
+        start_list = store.utt_start[slots].tolist()
         outputs = []
         restart = []
-        for i, item in enumerate(items):
-            slot = int(slots[i])
-            out = StepOutput()
-            now = float(seconds[i])
-            if ended[i]:
+        for i, (slot, end_now, now) in enumerate(zip(slots.tolist(), ended.tolist(), now_list)):
+            if end_now:
+                item, out = items[i], StepOutput()
                 final = self._final(slot, now)
                 if final is not None:
                     out.finals.append(final)
@@ -275,9 +278,8 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                 else:
                     restart.append(slot)
             else:
-                partial = text.partial[slot]
-                if partial:
-                    out.partial = Partial(text=partial, start=float(store.utt_start[slot]), end=now)
+                text = partials[slot]
+                out = StepOutput(partial=Partial(text=text, start=start_list[i], end=now) if text else None)
             outputs.append(out)
         if restart:
             rows = np.array(restart, np.int64)
