@@ -207,3 +207,20 @@ def test_random_specs_load_on_both_paths():
     assert outputs[0] == outputs[1]
     with pytest.raises(ValueError):
         StreamingConfig(decoder_path="fast")
+
+
+def test_benchmark_host_cost_and_ramp_run_on_cpu():
+    """benchmarks/streaming.py's host-cost and ramp measurements, at small N (figures are not asserted)."""
+    import importlib.util
+
+    from conftest import ASSETS
+
+    spec = importlib.util.spec_from_file_location("bench_streaming", ASSETS.parents[1] / "benchmarks/streaming.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    adapter = bench.load_adapter("random:minimal", 160, 8)
+    cost = bench.host_cost(adapter, steps=2, low=2, high=6)
+    assert {"marginal_us_per_stream_step", "fixed_ms_per_step", "bookkeeping_marginal_us_per_stream_step"} <= set(cost)
+    assert [run["streams"] for run in cost["runs"]] == [2, 6] and adapter.active_streams() == 0
+    result = bench.ramp(adapter, max_streams=2, steps=1)
+    assert [run["streams"] for run in result["runs"]][0] == 1 and adapter.active_streams() == 0

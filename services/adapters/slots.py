@@ -34,6 +34,9 @@ class SlotStore:
             # decoder rows, initialised to the state after <SOS> (NeMo's label-looping state, batch 1)
             self.sos = sos_state
             self._pack = tuple if isinstance(sos_state.predictor_states, tuple) else list
+            # host copies of the <SOS> label and graph states: a reset then needs no device sync
+            self._sos_label = int(sos_state.labels[0])
+            self._sos_fusion = [int(f[0]) for f in sos_state.fusion_states_list]
             self.pred_states = [s.repeat_interleave(num_slots, dim=1).clone() for s in sos_state.predictor_states]
             self.pred_out = sos_state.predictor_outputs.repeat(num_slots, 1, 1).clone()
             self.labels = sos_state.labels.repeat(num_slots).clone()
@@ -59,7 +62,7 @@ class SlotStore:
             raise RuntimeError(f"all {self.num_slots} model slots are in use")
         slot = self._free.pop()
         self.slot_of[stream_id] = slot
-        idx = torch.tensor([slot], device=self.device)
+        idx = torch.tensor([slot]).to(self.device, non_blocking=True)
         with torch.inference_mode():
             self.cache_channel.index_fill_(1, idx, 0.0)
             self.cache_time.index_fill_(1, idx, 0.0)
@@ -85,10 +88,10 @@ class SlotStore:
             for rows, sos in zip(self.pred_states, self.sos.predictor_states):
                 rows.index_copy_(1, idx, sos.expand(-1, len(idx), -1).contiguous())
             self.pred_out.index_copy_(0, idx, self.sos.predictor_outputs.expand(len(idx), -1, -1).contiguous())
-            self.labels.index_fill_(0, idx, int(self.sos.labels[0]))
+            self.labels.index_fill_(0, idx, self._sos_label)
             self.decoded.index_fill_(0, idx, 0)
-            for rows, sos in zip(self.fusion, self.sos.fusion_states_list):
-                rows.index_fill_(0, idx, int(sos[0]))
+            for rows, value in zip(self.fusion, self._sos_fusion):
+                rows.index_fill_(0, idx, value)
 
     # ------------------------------------------------------------------ gather / scatter
 

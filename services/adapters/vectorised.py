@@ -52,7 +52,9 @@ class VectorisedRNNTAdapter(StreamingAdapter):
     _eou_id = -1
 
     def __init__(self, model: str, chunk_ms: int = 160, max_streams: int = 256, device: str = "cpu",
-                 dtype: str = "float32", endpoint_silence_ms: int = 720, amp: bool = False):
+                 dtype: str = "float32", endpoint_silence_ms: int = 720, amp: bool = False, boosting: bool = True):
+        """`dtype` float64 is the exact reference on CPU; `amp` runs float32 weights under
+        bfloat16 autocast; `boosting=False` drops per-stream key phrases (see docs/architecture.md)."""
         import torch
         from omegaconf import OmegaConf
         from nemo.collections.asr.inference.factory.cache_aware_pipeline_builder import CacheAwarePipelineBuilder
@@ -68,7 +70,10 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         self.model_name = model
         self.max_streams = max_streams
         self.endpoint_silence_ms = endpoint_silence_ms
-        cfg = OmegaConf.create(self._pipeline_config(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms))
+        cfg = self._pipeline_config(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms)
+        # boosting=False: no fusion model, so NeMo keeps its CUDA-graph greedy decoder on a GPU
+        cfg["asr"]["decoding"]["greedy"]["enable_per_stream_biasing"] = boosting
+        cfg = OmegaConf.create(cfg)
         compute = "float32" if dtype == "float64" else dtype
         wrapper_cls = _wrapper_class()
         wrapper_cls.eou = self.eou_model

@@ -26,10 +26,10 @@ class VectorisedEOUAdapter(VectorisedRNNTAdapter):
 
     def __init__(self, model: str, chunk_ms: int = 160, max_streams: int = 256, device: str = "cpu",
                  dtype: str = "float32", endpoint_silence_ms: int = 0,
-                 on_eou: Optional[Callable[[float], None]] = None, amp: bool = False):
+                 on_eou: Optional[Callable[[float], None]] = None, amp: bool = False, boosting: bool = True):
         if chunk_ms not in EOU_CHUNK_MS:
             raise ValueError(f"parakeet-realtime streams in chunks of {EOU_CHUNK_MS} ms, not {chunk_ms}")
-        super().__init__(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms, amp)
+        super().__init__(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms, amp, boosting)
         self.on_eou = on_eou
         tokenizer = self.wrapper.tokenizer
         eou_id, eob_id = tokenizer.token_to_id(EOU_PIECE), tokenizer.token_to_id(EOB_PIECE)
