@@ -224,3 +224,19 @@ def test_benchmark_host_cost_and_ramp_run_on_cpu():
     assert [run["streams"] for run in cost["runs"]] == [2, 6] and adapter.active_streams() == 0
     result = bench.ramp(adapter, max_streams=2, steps=1)
     assert [run["streams"] for run in result["runs"]][0] == 1 and adapter.active_streams() == 0
+
+
+async def test_through_the_engine_batched_equals_alone(tiny_rnnt):
+    """tests/test_engine.py's equivalence check (joins, finalize, close, random chunk sizes) on this path."""
+    from test_engine import _plan, _run
+
+    from services.adapters.vectorised import VectorisedRNNTAdapter
+
+    adapter = VectorisedRNNTAdapter(str(tiny_rnnt), chunk_ms=160, max_streams=16, dtype="float64")
+    plans = _plan(seed=3, n=6)
+    batched, sizes = await _run(adapter, plans)
+    assert max(sizes) >= 3
+    for plan, events in zip(plans, batched):
+        alone, _ = await _run(adapter, [plan])
+        assert events == alone[0]
+    assert adapter.active_streams() == 0
