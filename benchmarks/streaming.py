@@ -116,11 +116,12 @@ async def run_streams(adapter: StreamingAdapter, audios: list[np.ndarray], concu
 
 
 def load_adapter(model: str, chunk_ms: int, max_streams: int, worker: str = "nemotron", path: str = "vectorised",
-                 device: str = "cpu", dtype: str = "float32", amp: bool = False) -> StreamingAdapter:
+                 device: str = "cpu", dtype: str = "float32", amp: bool = False, boosting: bool = True
+                 ) -> StreamingAdapter:
     from services.streaming_worker import StreamingConfig, load_adapter as worker_adapter
 
     cfg = StreamingConfig(worker=worker, model=model, device=device, dtype=dtype, chunk_ms=chunk_ms,
-                          max_sessions=max_streams, decoder_path=path, amp=amp)
+                          max_sessions=max_streams, decoder_path=path, amp=amp, boosting=boosting)
     return worker_adapter(cfg)
 
 
@@ -278,6 +279,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float64 (default: float32; "
                         "bfloat16 autocast on CUDA)")
+    parser.add_argument("--no-boosting", action="store_true",
+                        help="vectorised path without per-stream boosting (lets NeMo use its CUDA-graph decoder)")
     parser.add_argument("--chunk-ms", type=int, default=160)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per stream")
@@ -309,10 +312,11 @@ def main() -> None:
         path = paths[0]
         ramp_max = args.ramp_max or (4096 if cuda else 4)
         print(f"{model} on {args.device} ({dtype}{' autocast' if amp else ''}), {path} path, N up to {ramp_max}")
-        adapter = load_adapter(model, args.chunk_ms, ramp_max, args.worker, path, args.device, dtype, amp)
+        adapter = load_adapter(model, args.chunk_ms, ramp_max, args.worker, path, args.device, dtype, amp,
+                               not args.no_boosting)
         adapter.warmup()
         results["ramp"] = ramp(adapter, ramp_max, steps=max(3, args.host_steps // 2))
-        results["ramp"]["decoder_path"] = path
+        results["ramp"].update(decoder_path=path, boosting=not args.no_boosting)
         print(f"streams kept in real time (largest N measured with step < chunk): "
               f"{results['ramp']['max_realtime_streams_measured']}")
     else:

@@ -45,6 +45,7 @@ class StreamingConfig:
     warmup: bool = True
     decoder_path: str = "vectorised"
     amp: bool = False  # vectorised path: float32 weights under bfloat16 autocast
+    boosting: bool = True  # vectorised path: per-stream key phrases (off: NeMo's CUDA-graph decoder)
 
     def __post_init__(self) -> None:
         if self.decoder_path not in DECODER_PATHS:
@@ -65,7 +66,7 @@ def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
         from .adapters.vectorised import VectorisedRNNTAdapter
 
         return VectorisedRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
-                                     dtype=_dtype(cfg), amp=cfg.amp)
+                                     dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting)
     from .adapters.cache_aware import CacheAwareRNNTAdapter
     from .random_models import nemo_path
 
@@ -79,7 +80,7 @@ def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
         from .adapters.vectorised_eou import VectorisedEOUAdapter
 
         return VectorisedEOUAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
-                                    dtype=_dtype(cfg), amp=cfg.amp)
+                                    dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting)
     from .adapters.eou import EOUAdapter
     from .random_models import nemo_path
 
