@@ -23,8 +23,10 @@ PREFIX = "random:"
 
 ARCHS: dict[str, dict] = {
     # 16 mel bands from a 128-point FFT, 4 subsampling channels: the front end costs next to nothing too
+    # (its joint is rescaled so that it writes ~0.5 tokens per 80 ms frame on noise, about a speech
+    # rate; plain random weights write max_symbols (10) tokens every frame, a pathological decode)
     "minimal": dict(d_model=16, n_layers=1, n_heads=1, subsampling_conv_channels=4, n_mels=16, n_fft=128,
-                    window_size=0.008, vocab=64),
+                    window_size=0.008, vocab=64, joint_scale=20.0, blank_bias=7.0),
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, vocab=64),
     "nemotron-0.6b": dict(
         d_model=1024, n_layers=24, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
@@ -54,10 +56,19 @@ def build(spec: str, eou: bool = False, seed: int = 0):
     key = (arch_of(spec), eou)
     params = dict(ARCHS[key[0]])
     vocab = params.pop("vocab")
+    scale, blank_bias = params.pop("joint_scale", None), params.pop("blank_bias", 0.0)
     if key not in _tokenizers:
         work = Path(tempfile.mkdtemp(prefix="nvasr-random-"))
         _tokenizers[key] = train_tokenizer(work / "tok", vocab_size=vocab, eou=eou)
-    return build_model(_tokenizers[key], seed=seed, eou=eou, **params)
+    model = build_model(_tokenizers[key], seed=seed, eou=eou, **params)
+    if scale is not None:
+        import torch
+
+        out = model.joint.joint_net[-1]
+        with torch.no_grad():
+            out.weight *= scale
+            out.bias[-1] += blank_bias
+    return model
 
 
 def nemo_path(spec: str, eou: bool = False) -> str:
