@@ -242,3 +242,19 @@ async def test_through_the_engine_batched_equals_alone(tiny_rnnt):
         alone, _ = await _run(adapter, [plan])
         assert events == alone[0]
     assert adapter.active_streams() == 0
+
+
+@pytest.mark.parametrize("chunk_ms", [80, 560, 1120])
+def test_other_chunk_sizes_equal_nemo_path(chunk_ms):
+    """Nemotron's other lookaheads ([70,0], [70,6], [70,13]) on a random model that writes many tokens."""
+    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from services.adapters.vectorised import VectorisedRNNTAdapter
+    from services.random_models import nemo_path
+
+    new = VectorisedRNNTAdapter("random:tiny", chunk_ms=chunk_ms, max_streams=4, dtype="float64")
+    old = CacheAwareRNNTAdapter(nemo_path("random:tiny"), chunk_ms=chunk_ms, max_streams=4, dtype="float64")
+    audios = [noise_audio(seed, 2.4 + seed / 3) for seed in range(3)]
+    steps = schedule(audios, new.chunk_samples, joins=[0, 1, 2], ends={(1, 2)})
+    got = run(new, steps)
+    assert got == run(old, steps)
+    assert any(o.finals for outs in got.values() for o in outs)
