@@ -258,3 +258,28 @@ def test_other_chunk_sizes_equal_nemo_path(chunk_ms):
     got = run(new, steps)
     assert got == run(old, steps)
     assert any(o.finals for outs in got.values() for o in outs)
+
+
+@pytest.mark.parametrize("path", ["vectorised", "nemo"])
+async def test_serve_nemotron_with_a_random_spec(path):
+    """`nvasr serve nemotron --model random:minimal [--decoder-path nemo]`: the flags reach the worker
+    config, and a real WebSocket session through it comes back closed with its finals."""
+    from conftest import TOKEN, LiveServer, to_pcm16
+    from test_eou_worker import session
+
+    from pipecat_nvasr.protocol import Closed
+    from services.cli import build_parser
+    from services.streaming_worker import StreamingConfig, create_streaming_app
+
+    argv = ["serve", "nemotron", "--model", "random:minimal", "--device", "cpu"]
+    args = build_parser().parse_args(argv + (["--decoder-path", path] if path == "nemo" else []))
+    assert args.decoder_path == path
+    cfg = StreamingConfig(model=args.model, device=args.device, decoder_path=args.decoder_path, token=TOKEN,
+                          max_sessions=4)
+    app = create_streaming_app(cfg)
+    with LiveServer(app) as srv:
+        events = await session(srv, [to_pcm16(noise_audio(1, 1.0))])
+    assert isinstance(events[-1], Closed)
+    adapter = app.state.engine.adapter
+    assert type(adapter).__name__ == ("VectorisedRNNTAdapter" if path == "vectorised" else "CacheAwareRNNTAdapter")
+    assert adapter.active_streams() == 0
