@@ -72,6 +72,7 @@ image = (
     .env({"HF_HOME": f"{CACHE_DIR}/hf", "HF_HUB_ENABLE_HF_TRANSFER": "1", "TOKENIZERS_PARALLELISM": "false"})
     .run_function(download_weights, args=([NEMOTRON_MODEL, PARAKEET_MODEL, REALTIME_MODEL],), volumes={CACHE_DIR: weights})
     .add_local_file(Path(__file__).parent / "tests/assets/demo.wav", "/root/assets/demo.wav")
+    .add_local_dir(Path(__file__).parent / "frontend", "/root/frontend")  # the page at `/`
     .add_local_python_source("services", "pipecat_nvasr")
 )
 
@@ -172,6 +173,7 @@ segmenter_image = (
         "aiohttp>=3.9,<4",
         "websockets==15.0.1",
     )
+    .add_local_dir(Path(__file__).parent / "frontend", "/root/frontend")  # the page at `/`
     .add_local_python_source("services", "pipecat_nvasr")
 )
 

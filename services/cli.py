@@ -65,6 +65,7 @@ def _serve_streaming(args) -> None:
         device=args.device,
         dtype=args.dtype,
         chunk_ms=args.chunk_ms,
+        finalize_wait_ms=args.finalize_wait_ms,
         max_sessions=args.max_sessions,
         max_batch=args.max_batch,
         token=resolve_token(args),
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--chunk-ms", type=int, choices=[80, 160, 560, 1120])
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
+        p.add_argument("--finalize-wait-ms", type=int,
+                       help="how long a finalize waits for its chunk to fill (default: one chunk; 0: answer at once)")
         _add_server_flags(p)
         p.set_defaults(run=_serve_streaming)
 

@@ -41,6 +41,10 @@ class StreamingConfig:
     max_sessions: int = 256
     max_batch: int = 64
     max_buffer_seconds: float = 10.0
+    # how long a finalize waits for the chunk holding the VAD stop to fill (None: one chunk);
+    # 0 answers at once from the whole chunks already stepped (lower latency, a word's late
+    # last piece may open the next final)
+    finalize_wait_ms: Optional[int] = None
     token: Optional[str] = None
     warmup: bool = True
     decoder_path: str = "vectorised"
@@ -124,6 +128,7 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         max_sessions=cfg.max_sessions,
         max_batch=cfg.max_batch,
         max_buffer_seconds=cfg.max_buffer_seconds,
+        finalize_wait=None if cfg.finalize_wait_ms is None else cfg.finalize_wait_ms / 1000,
         on_step=metrics.observe_step,
     )
     adapter.on_eou = metrics.eou_latency.observe  # adapters whose model ends utterances

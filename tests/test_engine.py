@@ -40,7 +40,9 @@ def _plan(seed: int, n: int):
 
 async def _run(adapter, plans, max_batch=64):
     batches = []
-    engine = EngineCore(adapter, max_batch=max_batch, on_step=lambda b, s: batches.append(b))
+    # finalize_wait: a finalize always waits for its chunk to fill (the client keeps sending), so
+    # where a step boundary falls never depends on timing
+    engine = EngineCore(adapter, max_batch=max_batch, finalize_wait=30, on_step=lambda b, s: batches.append(b))
     await engine.start()
 
     async def client(plan):
@@ -130,9 +132,10 @@ async def test_finalize_with_nothing_said_answers_an_empty_final(adapter):
     assert final.from_finalize and final.end <= 0.5
     engine.finalize(session)  # again nothing new: an empty final at the same stream time
     final = await asyncio.wait_for(session.outbox.get(), 10)
-    assert final.from_finalize and final.text == "" and final.start == 0.5
-    engine.close(session)
-    assert isinstance(await asyncio.wait_for(session.outbox.get(), 10), Closed)
+    assert final.from_finalize and final.text == "" and final.start == final.end == 0.48  # 3 whole chunks
+    engine.close(session)  # the 20 ms tail after the last whole chunk is transcribed on close
+    while not isinstance(event := await asyncio.wait_for(session.outbox.get(), 10), Closed):
+        assert isinstance(event, Final) and event.start >= 0.48 and event.end <= 0.5
     await engine.stop()
 
 
@@ -145,8 +148,22 @@ def test_scheduler_leaves_out_streams_without_a_full_chunk():
     flushing.finalize()
     chosen = select_batch([full, half, flushing], chunk, max_batch=8)
     assert full in chosen and flushing in chosen and half not in chosen
-    item = flushing.next_item(chunk)
-    assert item.is_last and len(item.samples) == chunk // 2
+    assert flushing.next_item(chunk) is None  # a finalize before any model step needs no model call
+    flushing.deliver(None, None)
+    answer = flushing.outbox.get_nowait()
+    assert answer.from_finalize and answer.text == "" and flushing._buffered == chunk // 2
+    flushing.append(np.zeros(chunk, np.float32))
+    flushing.finalize()
+    item = flushing.next_item(chunk)  # the whole chunk before the finalize point is stepped...
+    assert len(item.samples) == chunk and not item.end_utterance and not item.is_last
+    item = flushing.next_item(chunk)  # ...then the utterance ends with no audio: the tail stays
+    assert item.end_utterance and not item.is_last and len(item.samples) == 0
+    assert flushing._buffered == chunk // 2
+    closing = Session(16000, 10**6)
+    closing.append(np.zeros(chunk // 2, np.float32))
+    closing.close()  # a close ends the stream with a short last chunk
+    item = closing.next_item(chunk)
+    assert item.is_last and not item.end_utterance and len(item.samples) == chunk // 2
 
 
 def test_session_limits(adapter):

@@ -151,8 +151,25 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
     def step(self, items: list[StepItem]) -> list[StepOutput]:
         from nemo.collections.asr.inference.streaming.framing.request import Frame
 
+        # an end_utterance item without samples needs no model call: its audio was stepped already
+        stepped = [i for i in items if len(i.samples) or i.is_last or not i.end_utterance]
+        outputs = dict(zip((i.stream_id for i in stepped), self._transcribe(stepped, Frame)))
+        ended = self.pipeline.end_utterances_now([i.stream_id for i in items if i.end_utterance and not i.is_last])
+        results = []
+        for item in items:
+            result = self._convert(item, outputs.get(item.stream_id))
+            if item.stream_id in ended:
+                result.finals += self._finals(item.stream_id, ended[item.stream_id])
+            results.append(result)
+        for item in items:
+            if item.is_last:
+                self._forget(item.stream_id)
+        return results
+
+    def _transcribe(self, items: list[StepItem], Frame) -> list:
+        if not items:
+            return []
         frames = []
-        self.pipeline.end_now = {item.stream_id for item in items if item.end_utterance}
         for item in items:
             samples = item.samples
             if len(samples) < self.chunk_samples:
@@ -172,12 +189,7 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
             )
             if not item.is_first and item.boost is not None:
                 self._change_boost(item.stream_id, item.boost)
-        outputs = self.pipeline.transcribe_step(frames)
-        results = [self._convert(item, out) for item, out in zip(items, outputs)]
-        for item in items:
-            if item.is_last:
-                self._forget(item.stream_id)
-        return results
+        return self.pipeline.transcribe_step(frames)
 
     def release(self, stream_id: int) -> None:
         p = self.pipeline
@@ -240,26 +252,34 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
             pass
 
     def _convert(self, item: StepItem, out) -> StepOutput:
+        """One stream's NeMo step output (None: it was not stepped) as our events."""
         sid = item.stream_id
         self._processed[sid] = self._processed.get(sid, 0) + len(item.samples)
-        now = self._processed[sid] / self.sample_rate
-        result = StepOutput()
-        if out.final_transcript.strip():
-            words = [
-                Word(
-                    word=s.text.strip(),
-                    start=round(min(s.start, now), 3),  # never past the audio heard so far
-                    end=round(min(s.end, now), 3),
-                    confidence=round(float(s.conf), 4),
-                )
-                for s in (out.final_segments or [])
-                if s.text.strip()
-            ]
-            start = words[0].start if words else self._utterance_start.get(sid, 0.0)
-            end = words[-1].end if words else now
-            result.finals.append(Final(text=out.final_transcript.strip(), start=start, end=end, words=words))
-            self._utterance_start[sid] = end
+        if out is None:
+            return StepOutput()
+        result = StepOutput(finals=self._finals(sid, out))
         partial = out.partial_transcript.strip()
         if partial and not (item.is_last or item.end_utterance):
+            now = self._processed[sid] / self.sample_rate
             result.partial = Partial(text=partial, start=self._utterance_start.get(sid, 0.0), end=now)
         return result
+
+    def _finals(self, sid: int, out) -> list[Final]:
+        """The utterance NeMo's output ended, if any, in stream time."""
+        now = self._processed.get(sid, 0) / self.sample_rate
+        if not out.final_transcript.strip():
+            return []
+        words = [
+            Word(
+                word=s.text.strip(),
+                start=round(min(s.start, now), 3),  # never past the audio heard so far
+                end=round(min(s.end, now), 3),
+                confidence=round(float(s.conf), 4),
+            )
+            for s in (out.final_segments or [])
+            if s.text.strip()
+        ]
+        start = words[0].start if words else self._utterance_start.get(sid, 0.0)
+        end = words[-1].end if words else now
+        self._utterance_start[sid] = end
+        return [Final(text=out.final_transcript.strip(), start=start, end=end, words=words)]

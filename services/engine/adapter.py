@@ -26,12 +26,12 @@ class StepItem:
     (the last chunk of a stream may be shorter, even empty). `boost` is the stream's key
     phrases, given on its first item and whenever the client changes them (None: unchanged).
 
-    `end_utterance` (a client `finalize`): run this chunk like any other, then end the
-    stream's current utterance — emit its final even if no endpoint fired, and restart the
-    decoder — while the encoder cache, feature context and stream time carry on. The
-    engine zero-pads such a chunk to a full chunk (a VAD stop follows silence) and maps the
-    padding out of client time itself, so an adapter treats the padded samples as audio.
-    `is_last` (a client `close`, or a disconnect flush) ends the whole stream.
+    `end_utterance` (a client `finalize`): after this item's samples (if any) are stepped,
+    end the stream's current utterance — emit its final even if no endpoint fired — while the
+    encoder cache, feature context, decoder state and stream time carry on: only the text is
+    split (a VAD pause is not the end of the stream; restarting the decoder mid-sentence makes
+    it repeat the word it just wrote). An item with `end_utterance` and no samples needs no
+    model call. `is_last` (a client `close`, or a disconnect flush) ends the whole stream.
     """
 
     stream_id: int

@@ -33,6 +33,7 @@ class EngineCore:
         max_sessions: Optional[int] = None,
         max_batch: int = 64,
         max_buffer_seconds: float = 10.0,
+        finalize_wait: Optional[float] = None,
         on_step: Optional[StepObserver] = None,
     ):
         self.adapter = adapter
@@ -40,6 +41,8 @@ class EngineCore:
         self.max_batch = max_batch
         self.max_buffer_samples = int(max_buffer_seconds * adapter.sample_rate)
         self.on_step = on_step
+        chunk_seconds = adapter.chunk_samples / adapter.sample_rate
+        self.finalize_wait = chunk_seconds if finalize_wait is None else finalize_wait
         self.sessions: dict[str, Session] = {}
         self.steps = 0
         self._releases: list[int] = []  # adapter streams to forget, on the inference thread
@@ -68,6 +71,7 @@ class EngineCore:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="engine-core")
+            self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -98,7 +102,11 @@ class EngineCore:
             self._wakeup.set()
 
     def finalize(self, session: Session) -> None:
-        session.finalize()
+        """End the session's utterance. The chunk holding the finalize point is stepped whole
+        when the client's next audio fills it; if that takes longer than `finalize_wait` (one
+        chunk of time by default: a client that stopped sending), the utterance ends at the
+        last whole chunk."""
+        session.finalize(self.finalize_wait)
         self._wakeup.set()
 
     def close(self, session: Session) -> None:
@@ -120,7 +128,7 @@ class EngineCore:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
+            await self._wait_for_work()
             self._wakeup.clear()
             while True:
                 batch = select_batch(self.sessions.values(), self.adapter.chunk_samples, self.max_batch)
@@ -145,6 +153,18 @@ class EngineCore:
                     if session.closed:
                         self.sessions.pop(session.id, None)
 
+    async def _wait_for_work(self) -> None:
+        """Until new work is signalled, or a pending finalize stops waiting for its chunk."""
+        deadlines = [d for s in self.sessions.values() if (d := s.finalize_deadline()) is not None]
+        if not deadlines:
+            await self._wakeup.wait()
+            return
+        timeout = max(0.0, min(deadlines) - time.monotonic()) + 0.001
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
     def _step(self, items: list[StepItem], releases: list[int]) -> list[StepOutput]:
         for stream_id in releases:
             self.adapter.release(stream_id)
@@ -163,3 +183,9 @@ class EngineCore:
             session.fail(Error(ErrorCode.INTERNAL, f"inference failed: {type(exc).__name__}"))
             self.drop(session)
         self._wakeup.set()
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    """The loop must never end on its own: say loudly why it did."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.critical("engine loop crashed", exc_info=task.exception())

@@ -2,7 +2,8 @@
 
 A worker brings a listen backend (for `/v1/listen`) and/or extra routers (the batch
 worker's `/v1/audio/transcriptions`); the app adds auth, `/health` and `/metrics`, and runs
-the backend's start/stop with the app's lifespan.
+the backend's start/stop with the app's lifespan. A worker with a listen backend also serves
+the browser page at `/` and mints short-lived listen tokens at `POST /v1/tokens`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from fastapi.responses import JSONResponse, Response
 
 from pipecat_nvasr.protocol import LISTEN_PATH, PROTOCOL_VERSION
 
-from .auth import is_authorized
+from .auth import is_authorized, is_short_lived, presented_token
+from .frontend import page_router, token_router
 from .listen import ListenBackend, serve_listen
 from .metrics import Metrics
 
@@ -27,9 +29,13 @@ def require_token(token: Optional[str]):
 
     def check(request: Request) -> None:
         if not is_authorized(request, token):
+            given = presented_token(request)
+            detail = "missing or wrong token: send 'Authorization: Bearer <token>'"
+            if given is not None and is_short_lived(given):
+                detail = "a short-lived token opens /v1/listen only; this route needs the worker's token"
             raise HTTPException(
                 status_code=401,
-                detail="missing or wrong token: send 'Authorization: Bearer <token>'",
+                detail=detail,
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
@@ -82,6 +88,10 @@ def create_app(
         @app.websocket(LISTEN_PATH)
         async def listen_socket(ws: WebSocket) -> None:
             await serve_listen(ws, listen, token, metrics)
+
+        # The browser page (public static files) and short-lived tokens for it.
+        app.include_router(page_router())
+        app.include_router(token_router(token, auth[0]))
 
     for router in routers:
         app.include_router(router, dependencies=auth)

@@ -87,7 +87,7 @@ async def _send_error(ws: WebSocket, metrics: Metrics, code: str, message: str, 
 
 async def serve_listen(ws: WebSocket, backend: ListenBackend, token: Optional[str], metrics: Metrics) -> None:
     await ws.accept()
-    if not is_authorized(ws, token):
+    if not is_authorized(ws, token, listen=True):  # short-lived browser tokens too
         await _send_error(ws, metrics, ErrorCode.UNAUTHORIZED, "missing or wrong token", CloseCode.POLICY)
         return
     try:

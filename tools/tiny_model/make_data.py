@@ -5,6 +5,7 @@
 tests/assets/heldout/  24 held-out utterances (sentences never in training) + manifest.json
 tests/assets/eou/      8 clips of 2-3 held-out utterances separated by ~1.2 s silence + manifest.json
 tests/assets/demo.wav  3 short held-out sentences with ~1 s pauses (~10 s) + demo.txt
+tests/assets/pause_long/ 12 other held-out sentences with one or two 0.2-0.6 s pauses + manifest.json
 tests/assets/pause/    10 held-out sentences, each cut at a word boundary by a 0.15-0.3 s mid-sentence
                        pause (one turn: <EOU> only at the end) + manifest.json
 """
@@ -66,6 +67,29 @@ def make_assets(seed: int) -> None:
     (pause / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def make_long_pauses(seed: int, n: int = 12) -> None:
+    """tests/assets/pause_long: other held-out sentences with one or two 0.2-0.6 s pauses inside.
+
+    Pipecat's Silero VAD stops after 0.2 s of silence, so each pause here is one `finalize` in a
+    bot: the set that shows whether a finalize at a pause costs words (issue 9).
+    """
+    _, test = split_sentences(seed, N_TRAIN + 2 * N_EOU, N_TEST)
+    r = random.Random(seed + 199)
+    out = ASSETS / "pause_long"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, text in enumerate([t for t in test[60:] if len(t.split()) >= 4][:n]):
+        w = text.split()
+        cuts = sorted(r.sample(range(1, len(w)), 2 if i % 3 == 0 and len(w) >= 5 else 1))
+        bounds = [0, *cuts, len(w)]
+        parts = [(0.3 if j == 0 else r.uniform(0.2, 0.6), " ".join(w[a:b])) for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        e = render(parts, 1.0, seed * 9_000_011 + i, out / f"l{i:02d}.wav", paused=True)
+        segs = e["segments"]
+        rows.append({"audio": f"l{i:02d}.wav", "text": text,
+                     "pauses": [[a[1], b[0]] for a, b in zip(segs, segs[1:])], "speech_end": segs[-1][1]})
+    (out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seed", type=int, default=1234)
@@ -74,6 +98,7 @@ def main() -> None:
     ap.add_argument("--parts", default="asr,eou,eou2", help="which corpora to (re)build")
     a = ap.parse_args()
     make_assets(a.seed)
+    make_long_pauses(a.seed)
     if not a.assets_only:
         build(a.work, a.seed, N_TRAIN, N_TEST, N_EOU, parts=a.parts.split(","))
 
