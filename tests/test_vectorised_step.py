@@ -28,10 +28,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def schedule(audios, chunk, joins, ends=()):
+def schedule(audios, chunk, joins, ends=(), empty_ends=()):
     """Lockstep plan: per step, (stream, samples, is_first, is_last, end_utterance) of each
-    stream that is live. `ends` holds (stream, step) pairs that end an utterance there. A stream
-    whose length is a whole number of chunks ends with an empty last chunk (as the engine sends)."""
+    stream that is live. `ends` holds (stream, step) pairs whose chunk ends an utterance;
+    `empty_ends` pairs where the stream sends a finalize with no new audio instead of a chunk.
+    A stream whose length is a whole number of chunks ends with an empty last chunk (as the
+    engine sends)."""
     steps, pos, step = [], [0] * len(audios), 0
     while any(p is not None for p in pos):
         items = []
@@ -39,6 +41,9 @@ def schedule(audios, chunk, joins, ends=()):
             if pos[sid] is None or step < joins[sid]:
                 continue
             start = pos[sid]
+            if (sid, step) in empty_ends and start:
+                items.append((sid, audio[:0], False, False, True))
+                continue
             last = start + chunk > len(audio) or start == len(audio)
             items.append((sid, audio[start : start + chunk], start == 0, last, (sid, step) in ends))
             pos[sid] = None if last else start + chunk
@@ -85,7 +90,8 @@ def test_new_path_equals_nemo_path_on_the_trained_model(rnnt_pair, heldout):
     old, new = rnnt_pair
     audios = clip_streams([c["samples"] for c in heldout], 5)
     audios[3] = audios[3][: 20 * new.chunk_samples]  # ends with an empty last chunk
-    steps = schedule(audios, new.chunk_samples, joins=[0, 0, 2, 5, 7], ends={(1, 9), (4, 14)})
+    steps = schedule(audios, new.chunk_samples, joins=[0, 0, 2, 5, 7], ends={(1, 9), (4, 14)},
+                     empty_ends={(0, 11), (2, 16), (4, 15)})
     assert max(len(s) for s in steps) == 5
     expected, got = run(old, steps), run(new, steps)
     assert got == expected
@@ -99,7 +105,8 @@ def test_batched_equals_alone_with_joins_leaves_and_end_utterance(rnnt_pair, hel
     audios = [c["samples"] for c in heldout[5:9]]
     audios[0] = np.concatenate([audios[0], audios[3]])
     audios[2] = audios[2][: 7 * new.chunk_samples + 100]  # a short stream that leaves early
-    steps = schedule(audios, new.chunk_samples, joins=[0, 1, 1, 4], ends={(0, 12), (3, 8), (3, 9)})
+    steps = schedule(audios, new.chunk_samples, joins=[0, 1, 1, 4], ends={(0, 12), (3, 8), (3, 9)},
+                     empty_ends={(1, 6), (0, 13)})
     together = run(new, steps)
     for sid in range(len(audios)):
         assert run(new, steps, only=sid)[sid] == together[sid], sid
@@ -108,20 +115,25 @@ def test_batched_equals_alone_with_joins_leaves_and_end_utterance(rnnt_pair, hel
     assert new.active_streams() == 0
 
 
-def test_end_utterance_restarts_the_decoder_but_keeps_stream_time(rnnt_pair, heldout):
-    """After a finalize the next utterance is decoded from <SOS> and its times are stream times."""
+def test_end_utterance_splits_the_text_and_keeps_the_decoder(rnnt_pair, heldout):
+    """A finalize in the pause between two sentences: the first sentence comes out at once, and
+    the words are exactly those of the same stream without the finalize (decoder state kept)."""
     _, new = rnnt_pair
     first, second = heldout[0]["samples"], heldout[1]["samples"]
     n = new.chunk_samples
-    pad = (-len(first)) % n
-    audio = np.concatenate([first, np.zeros(pad, np.float32), second])
-    cut = (len(first) + pad) // n - 1  # the step holding the end of the first clip
-    steps = schedule([audio], n, joins=[0], ends={(0, cut)})
-    outs = run(new, steps)[0]
-    finals = [f for o in outs for f in o.finals]
-    assert len(finals) == 2 and finals[0].text == heldout[0]["text"]
-    assert finals[1].start >= (len(first) + pad) / 16000 - 0.01
-    assert outs[cut].partial is None and outs[cut].finals
+    audio = np.concatenate([first, np.zeros(4 * n, np.float32), second])
+    plain = run(new, schedule([audio], n, joins=[0]))[0]
+    spoken_until = next(f.end for o in plain for f in o.finals)
+    cut = int(np.ceil((spoken_until + 0.16) * 16000 / n))  # a VAD stop soon after the last word
+    assert not any(o.finals for o in plain[: cut + 1]), "the endpoint came first: no split to test"
+    for ends, empty in (({(0, cut)}, ()), ((), {(0, cut)})):
+        outs = run(new, schedule([audio], n, joins=[0], ends=ends, empty_ends=empty))[0]
+        finals = [f for o in outs for f in o.finals]
+        at_cut = [f for f in outs[cut].finals]
+        assert at_cut and at_cut[-1].text == heldout[0]["text"] and outs[cut].partial is None
+        words = [w for f in finals for w in f.words]
+        assert words == [w for o in plain for f in o.finals for w in f.words]
+    assert new.active_streams() == 0
 
 
 def test_slots_are_freed_and_a_reused_slot_starts_clean(tiny_rnnt):
@@ -187,7 +199,8 @@ def test_eou_new_path_equals_nemo_path(chunk_ms, eou_set, pause_set, tmp_path):
         old = EOUAdapter(str(model), chunk_ms=chunk_ms, max_streams=8, dtype="float64", on_eou=latencies[0].append)
         new = VectorisedEOUAdapter(str(model), chunk_ms=chunk_ms, max_streams=8, dtype="float64",
                                    on_eou=latencies[1].append)
-        steps = schedule(audios, new.chunk_samples, joins=list(range(len(audios))), ends={(1, 12)})
+        steps = schedule(audios, new.chunk_samples, joins=list(range(len(audios))), ends={(1, 12)},
+                         empty_ends={(2, 14), (0, 9)})
         expected, got = run(old, steps), run(new, steps)
         assert got == expected
         finals = [f for outs in got.values() for o in outs for f in o.finals]
@@ -254,7 +267,7 @@ def test_other_chunk_sizes_equal_nemo_path(chunk_ms):
     new = VectorisedRNNTAdapter("random:tiny", chunk_ms=chunk_ms, max_streams=4, dtype="float64")
     old = CacheAwareRNNTAdapter(nemo_path("random:tiny"), chunk_ms=chunk_ms, max_streams=4, dtype="float64")
     audios = [noise_audio(seed, 2.4 + seed / 3) for seed in range(3)]
-    steps = schedule(audios, new.chunk_samples, joins=[0, 1, 2], ends={(1, 2)})
+    steps = schedule(audios, new.chunk_samples, joins=[0, 1, 2], ends={(1, 2)}, empty_ends={(2, 4)})
     got = run(new, steps)
     assert got == run(old, steps)
     assert any(o.finals for outs in got.values() for o in outs)

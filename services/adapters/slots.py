@@ -9,7 +9,7 @@ Device tensors: encoder caches (NeMo's layout: layer first, slot second), the au
 look-back and feature buffer of the front end, the RNNT decoder state (prediction-network
 state and output, last label, decoded frames, biasing-graph state). Host vectors (numpy,
 indexed by slot): samples and encoder frames seen, frames where the utterance started,
-blank frames since the last token, tokens in the utterance, biasing model id.
+blank frames since the last token, tokens in the utterance, split by a finalize, biasing model id.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class SlotStore:
         self.utt_start = np.zeros(num_slots, np.float64)  # seconds where the utterance began
         self.silent = np.zeros(num_slots, np.int64)  # blank frames since the last token
         self.utt_tokens = np.zeros(num_slots, np.int64)  # tokens in the utterance so far
+        self.split = np.zeros(num_slots, bool)  # a finalize split the text, the decoder kept its state
         self.bias_id = np.full(num_slots, -1, np.int64)  # NeMo multi-biasing model id, -1: none
 
     def __len__(self) -> int:
@@ -73,6 +74,7 @@ class SlotStore:
         for array in (self.samples, self.frames, self.utt_offset, self.silent, self.utt_tokens):
             array[slot] = 0
         self.utt_start[slot] = 0.0
+        self.split[slot] = False
         self.bias_id[slot] = -1
         return slot
 

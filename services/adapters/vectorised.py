@@ -8,10 +8,12 @@ label-looping decode continuing each row's decoder state (`greedy.py`), numpy en
 over the batch, and text only for streams that emitted tokens (`text.py`). Streams whose
 last chunk this is run as a second group, as in NeMo (the encoder keeps all outputs for them).
 
-Utterance rules (as `utterances.py`): an utterance ends on the stream's last chunk, on a
-client finalize (`end_utterance`), on an end marker token (`eou.py`'s `<EOU>`/`<EOB>`), or
-after `endpoint_silence_ms` of blank frames once it has tokens. Then only the decoder row
-restarts at <SOS>; encoder cache, feature context and stream time carry on.
+Utterance rules (as `utterances.py`): an utterance ends on the stream's last chunk, on an end
+marker token (`eou.py`'s `<EOU>`/`<EOB>`), or after `endpoint_silence_ms` of blank frames once
+it has tokens; then only the decoder row restarts at <SOS> (encoder cache, feature context and
+stream time carry on). A client finalize (`end_utterance`; its item may have no samples: no
+model call) only splits the text: the utterance so far becomes a final, the decoder keeps its
+state, and the next blank-run endpoint restarts it even without new tokens.
 """
 
 from __future__ import annotations
@@ -156,11 +158,12 @@ class VectorisedRNNTAdapter(StreamingAdapter):
 
     def _step(self, items: list[StepItem]) -> list[StepOutput]:
         torch = self._torch
-        store, n, chunk = self.store, len(items), self.chunk_samples
-        slots = np.empty(n, np.int64)
-        valid = np.empty(n, np.int64)
+        store, chunk, count = self.store, self.chunk_samples, len(items)
+        slots_all = np.full(count, -1, np.int64)  # each item's slot (-1: none)
+        batch = []  # the items that are stepped
+        valid = np.empty(count, np.int64)
         audio = self._audio
-        last_rows, end_rows = [], []
+        last_rows = []
         for i, item in enumerate(items):
             if item.is_first:
                 slot = store.open(item.stream_id)
@@ -168,43 +171,52 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                 if item.boost:
                     self._set_boost(slot, item.boost)
             else:
-                slot = store.slot_of[item.stream_id]
-                if item.boost is not None:
+                slot = store.slot_of.get(item.stream_id, -1)
+                if slot >= 0 and item.boost is not None:
                     self._set_boost(slot, item.boost)
-            slots[i] = slot
+            slots_all[i] = slot
             samples = item.samples
             k = len(samples)
-            valid[i] = k
-            audio[i, :k] = samples
+            if slot < 0 or not (k or item.is_last or not item.end_utterance):
+                continue  # a finalize with no new audio: no model call, the utterance is only split
+            j = len(batch)
+            batch.append(i)
+            valid[j] = k
+            audio[j, :k] = samples
             if k < chunk:
-                audio[i, k:] = 0.0
+                audio[j, k:] = 0.0
             if item.is_last:
-                last_rows.append(i)
-            if item.end_utterance:
-                end_rows.append(i)
-        store.samples[slots] += valid
-
-        ended = np.zeros(n, bool)
-        ended[last_rows] = True
-        ended[end_rows] = True
-        marker = np.zeros(n, np.int64)  # 0 none, 1 <EOB>, 2 <EOU>
-        with torch.inference_mode(), self._autocast():
-            idx = torch.from_numpy(slots).to(self.device, non_blocking=True)
-            audio_t = self._audio_host[:n].to(self.device, non_blocking=True)
-            t0 = time.perf_counter()
-            buffers, right_pad = self.frontend.step(store, idx, audio_t, torch.from_numpy(valid).to(self.device))
-            self.seconds["features"] += time.perf_counter() - t0
-            if not last_rows:
-                groups = [(np.arange(n), False)]
-            else:
-                is_last = np.zeros(n, bool)
-                is_last[last_rows] = True
-                groups = [(np.flatnonzero(~is_last), False), (np.flatnonzero(is_last), True)]
-            for rows, keep_all in groups:
-                if len(rows):
-                    self._decode_group(rows, keep_all, slots, idx, buffers, right_pad, ended, marker)
-        store.frames[slots] += self.frames_per_chunk
-        return self._outputs(items, slots, ended, marker)
+                last_rows.append(j)
+        ended_all = np.zeros(count, bool)
+        marker_all = np.zeros(count, np.int64)  # 0 none, 1 <EOB>, 2 <EOU>
+        n = len(batch)
+        if n:
+            batch_rows = np.array(batch, np.int64)
+            slots = slots_all[batch_rows]
+            valid = valid[:n]
+            store.samples[slots] += valid
+            ended = np.zeros(n, bool)
+            ended[last_rows] = True
+            marker = np.zeros(n, np.int64)
+            with torch.inference_mode(), self._autocast():
+                idx = torch.from_numpy(slots).to(self.device, non_blocking=True)
+                audio_t = self._audio_host[:n].to(self.device, non_blocking=True)
+                t0 = time.perf_counter()
+                buffers, right_pad = self.frontend.step(store, idx, audio_t, torch.from_numpy(valid).to(self.device))
+                self.seconds["features"] += time.perf_counter() - t0
+                if not last_rows:
+                    groups = [(np.arange(n), False)]
+                else:
+                    is_last = np.zeros(n, bool)
+                    is_last[last_rows] = True
+                    groups = [(np.flatnonzero(~is_last), False), (np.flatnonzero(is_last), True)]
+                for rows, keep_all in groups:
+                    if len(rows):
+                        self._decode_group(rows, keep_all, slots, idx, buffers, right_pad, ended, marker)
+            store.frames[slots] += self.frames_per_chunk
+            ended_all[batch_rows] = ended
+            marker_all[batch_rows] = marker
+        return self._outputs(items, slots_all, ended_all, marker_all)
 
     def _decode_group(self, rows, keep_all, slots, idx, buffers, right_pad, ended, marker) -> None:
         torch, store = self._torch, self.store
@@ -253,7 +265,7 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                           store.silent[group_slots] + self.frames_per_chunk)
         store.silent[group_slots] = silent
         if self.endpoint_silence_ms and self.endpoint_silence_ms > 0:
-            spoken = (store.utt_tokens[group_slots] + count) > 0
+            spoken = ((store.utt_tokens[group_slots] + count) > 0) | store.split[group_slots]
             ended[rows] |= spoken & (silent * self.stride_ms >= self.endpoint_silence_ms)
         store.utt_tokens[group_slots] += count
         with_tokens = np.flatnonzero(count)
@@ -269,25 +281,38 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                 start = end
 
     def _outputs(self, items, slots, ended, marker) -> list[StepOutput]:
+        """Events per item: a final where the step ended the utterance (restarting the row's
+        decoder), else the partial; then, for a finalize, the utterance so far as a final with
+        the decoder left as it is (only the text is split, as NeMo's path does)."""
         store, partials = self.store, self.text.partial
         now_list = (store.samples[slots] / self.sample_rate).tolist()
         start_list = store.utt_start[slots].tolist()
-        outputs = []
-        restart = []
+        outputs, restart, split = [], [], []
         for i, (slot, end_now, now) in enumerate(zip(slots.tolist(), ended.tolist(), now_list)):
+            item = items[i]
+            if slot < 0:
+                outputs.append(StepOutput())
+                continue
             if end_now:
-                item, out = items[i], StepOutput()
+                out = StepOutput()
                 final = self._final(slot, now)
                 if final is not None:
                     out.finals.append(final)
                     self._mark(item, final, int(marker[i]), now)
                 if item.is_last:
                     self._forget(item.stream_id, slot)
-                else:
-                    restart.append(slot)
+                    outputs.append(out)
+                    continue
+                restart.append(slot)
             else:
                 text = partials[slot]
-                out = StepOutput(partial=Partial(text=text, start=start_list[i], end=now) if text else None)
+                show = text and not item.end_utterance
+                out = StepOutput(partial=Partial(text=text, start=start_list[i], end=now) if show else None)
+            if item.end_utterance:
+                final = self._final(slot, now)
+                if final is not None:
+                    out.finals.append(final)
+                split.append(slot)
             outputs.append(out)
         if restart:
             rows = np.array(restart, np.int64)
@@ -295,6 +320,11 @@ class VectorisedRNNTAdapter(StreamingAdapter):
             store.utt_offset[rows] = store.frames[rows]
             store.silent[rows] = 0
             store.utt_tokens[rows] = 0
+            store.split[rows] = False
+        if split:
+            # the next blank-run endpoint restarts these decoders even without new tokens
+            store.split[split] = True
+            store.utt_tokens[split] = 0
         return outputs
 
     def _final(self, slot: int, now: float) -> Optional[Final]:
