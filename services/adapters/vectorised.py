@@ -27,7 +27,7 @@ import numpy as np
 from pipecat_nvasr.protocol import BoostPhrase, Final, Partial, Word
 
 from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
-from .cache_aware import CHUNK_CONTEXTS, pipeline_config
+from .cache_aware import pipeline_config
 
 
 def _wrapper_class():
