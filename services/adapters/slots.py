@@ -25,6 +25,7 @@ class SlotStore:
         self.device = device
         self.slot_of: dict[int, int] = {}  # stream id → slot
         self._free = list(range(num_slots - 1, -1, -1))
+        self._opened: list[int] = []  # slots opened, device rows not yet reset
         with torch.inference_mode():
             self.cache_channel, self.cache_time, self.cache_len = encoder.get_initial_cache_state(
                 batch_size=num_slots, dtype=dtype, device=device
@@ -56,14 +57,28 @@ class SlotStore:
         return len(self.slot_of)
 
     def open(self, stream_id: int) -> int:
-        """A fresh slot for a new stream: zero caches, zero feature context, decoder at <SOS>."""
+        """A slot for a new stream; its rows are zeroed (caches, audio look-back, features: the
+        zero fill of training) and its decoder set to <SOS> by `reset_opened`, once per step."""
         if stream_id in self.slot_of:  # a stream id reused without a release: start it over
             self.close(stream_id)
         if not self._free:
             raise RuntimeError(f"all {self.num_slots} model slots are in use")
         slot = self._free.pop()
         self.slot_of[stream_id] = slot
-        idx = torch.tensor([slot]).to(self.device, non_blocking=True)
+        self._opened.append(slot)
+        for array in (self.samples, self.frames, self.utt_offset, self.silent, self.utt_tokens):
+            array[slot] = 0
+        self.utt_start[slot] = 0.0
+        self.split[slot] = False
+        self.bias_id[slot] = -1
+        return slot
+
+    def reset_opened(self) -> None:
+        """Zero the device rows of every slot opened since the last call, in one go."""
+        if not self._opened:
+            return
+        idx = torch.tensor(self._opened).to(self.device, non_blocking=True)
+        self._opened = []
         with torch.inference_mode():
             self.cache_channel.index_fill_(1, idx, 0.0)
             self.cache_time.index_fill_(1, idx, 0.0)
@@ -71,12 +86,6 @@ class SlotStore:
             self.audio_tail.index_fill_(0, idx, 0.0)
             self.features.index_fill_(0, idx, 0.0)
         self.restart_decoder(idx)
-        for array in (self.samples, self.frames, self.utt_offset, self.silent, self.utt_tokens):
-            array[slot] = 0
-        self.utt_start[slot] = 0.0
-        self.split[slot] = False
-        self.bias_id[slot] = -1
-        return slot
 
     def close(self, stream_id: int) -> int | None:
         slot = self.slot_of.pop(stream_id, None)

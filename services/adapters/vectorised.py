@@ -187,6 +187,7 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                 audio[j, k:] = 0.0
             if item.is_last:
                 last_rows.append(j)
+        store.reset_opened()
         ended_all = np.zeros(count, bool)
         marker_all = np.zeros(count, np.int64)  # 0 none, 1 <EOB>, 2 <EOU>
         n = len(batch)
