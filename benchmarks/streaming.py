@@ -1,9 +1,18 @@
 """Streaming throughput: N concurrent streams batched by the engine vs the same streams one
-at a time, on the same model, in the same run.
+at a time, on the same model, in the same run; and the adapter's host cost per stream-step.
 
     python benchmarks/streaming.py --json bench-streaming.json      # N = 1, 8, 32, 64
     python benchmarks/streaming.py --quick                          # under a minute
     python benchmarks/streaming.py --worker parakeet-realtime       # + EOU latency percentiles
+    python benchmarks/streaming.py --model random:nemotron-0.6b --device cuda   # streams per GPU
+
+Both decoder paths run in the same process (`--decoder-path both`, the default): `vectorised`
+(services/adapters/vectorised.py) and `nemo` (NeMo's CacheAwareRNNTPipeline). For each, the
+host cost: step p50 of N streams stepping full chunks on `random:minimal` (a model with next
+to no compute) at N = 64 and 256, giving `marginal_us_per_stream_step` = (p50(256) - p50(64)) / 192
+and `fixed_ms_per_step` (the intercept); for the vectorised path also the same two figures for
+bookkeeping alone (step time minus time inside the model's modules). `--model random:<arch>`
+instead of a .nemo runs a ramp: N doubles until the step p50 reaches the chunk duration.
 
 Streams are fed faster than real time (all audio appended at once, as a backlog), so the
 figure is the engine's capacity: seconds of audio transcribed per wall-clock second. Host
@@ -106,14 +115,67 @@ async def run_streams(adapter: StreamingAdapter, audios: list[np.ndarray], concu
     }
 
 
-def load_adapter(model: str, chunk_ms: int, max_streams: int, worker: str = "nemotron") -> StreamingAdapter:
-    if worker == "parakeet-realtime":
-        from services.adapters.eou import EOUAdapter
+def load_adapter(model: str, chunk_ms: int, max_streams: int, worker: str = "nemotron", path: str = "vectorised",
+                 device: str = "cpu", dtype: str = "float32", amp: bool = False, boosting: bool = True
+                 ) -> StreamingAdapter:
+    from services.streaming_worker import StreamingConfig, load_adapter as worker_adapter
 
-        return EOUAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams)
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    cfg = StreamingConfig(worker=worker, model=model, device=device, dtype=dtype, chunk_ms=chunk_ms,
+                          max_sessions=max_streams, decoder_path=path, amp=amp, boosting=boosting)
+    return worker_adapter(cfg)
 
-    return CacheAwareRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=max_streams)
+
+def step_p50(adapter: StreamingAdapter, n: int, steps: int, warm: int = 3) -> dict:
+    """N streams stepping full chunks of noise together, straight through `adapter.step`."""
+    rng = np.random.default_rng(n)
+    chunks = [(rng.standard_normal((n, adapter.chunk_samples)) * 0.1).astype(np.float32) for _ in range(4)]
+    seconds = getattr(adapter, "seconds", None)
+    times, parts = [], []
+    for s in range(warm + steps):
+        audio = chunks[s % 4]
+        items = [StepItem(1_000_000 + i, audio[i], s == 0, False) for i in range(n)]
+        before = dict(seconds) if seconds else None
+        started = time.perf_counter()
+        adapter.step(items)
+        elapsed = time.perf_counter() - started
+        if s >= warm:
+            times.append(elapsed)
+            if seconds:
+                model = sum(seconds[k] - before[k] for k in ("features", "encoder", "decoder"))
+                parts.append((model, elapsed - model))
+    for i in range(n):
+        adapter.release(1_000_000 + i)
+    out = {"streams": n, "step_ms_p50": 1000 * float(np.median(times))}
+    if parts:
+        out["model_ms_p50"] = 1000 * float(np.median([m for m, _ in parts]))
+        out["bookkeeping_ms_p50"] = 1000 * float(np.median([b for _, b in parts]))
+    return out
+
+
+def host_cost(adapter: StreamingAdapter, steps: int, low: int = 64, high: int = 256) -> dict:
+    """Marginal and fixed host cost per step (see the module docstring)."""
+    runs = [step_p50(adapter, low, steps), step_p50(adapter, high, steps)]
+    result = {"runs": runs}
+    for key, prefix in (("step_ms_p50", ""), ("bookkeeping_ms_p50", "bookkeeping_")):
+        if key in runs[0]:
+            slope = (runs[1][key] - runs[0][key]) / (high - low)  # ms per stream-step
+            result[f"{prefix}marginal_us_per_stream_step"] = 1000 * slope
+            result[f"{prefix}fixed_ms_per_step"] = runs[0][key] - low * slope
+    return result
+
+
+def ramp(adapter: StreamingAdapter, max_streams: int, steps: int) -> dict:
+    """Double N until a step takes the chunk's duration: the streams one device keeps real time with."""
+    runs, n, chunk_ms = [], 1, adapter.chunk_ms
+    while n <= max_streams:
+        run = step_p50(adapter, n, steps, warm=2)
+        runs.append(run)
+        print(f"  ramp N={n:>5}: step p50 {run['step_ms_p50']:.1f} ms (chunk {chunk_ms} ms)", flush=True)
+        if run["step_ms_p50"] >= chunk_ms:
+            break
+        n *= 2
+    realtime = [r["streams"] for r in runs if r["step_ms_p50"] < chunk_ms]
+    return {"runs": runs, "chunk_ms": chunk_ms, "max_realtime_streams_measured": max(realtime, default=0)}
 
 
 def default_model(worker: str = "nemotron") -> str:
@@ -177,15 +239,55 @@ def eou_latency(adapter: StreamingAdapter) -> dict:
             "paused_sentences": len(paused), "ended_at_pause": ended_at_pause}
 
 
+def throughput_table(adapter: StreamingAdapter, args, results: dict) -> None:
+    """Single vs batched through the engine at each N, plus the null model's engine cost."""
+    null = NullAdapter(adapter.chunk_samples)
+    header = f"{'N':>4} {'single x-rt':>11} {'batched x-rt':>12} {'speedup':>8} {'mean batch':>10} " \
+             f"{'step p50 ms':>11} {'step p95 ms':>11} {'host us/stream-step':>19} {'model/bookkeeping ms':>20}"
+    print(header)
+    print("-" * len(header))
+    seconds = getattr(adapter, "seconds", None)
+    for n in args.streams:
+        audios = [speech_audio(args.seconds, seed=i) for i in range(n)]
+        single = asyncio.run(run_streams(adapter, audios, concurrent=False, max_batch=args.max_batch))
+        before = dict(seconds) if seconds else None
+        batched = asyncio.run(run_streams(adapter, audios, concurrent=True, max_batch=args.max_batch))
+        host = asyncio.run(run_streams(null, audios, concurrent=True, max_batch=args.max_batch))
+        host_us = 1e6 * host["wall_s"] / max(1, host["stream_steps"])
+        speedup = batched["throughput_x_realtime"] / single["throughput_x_realtime"]
+        run = {"streams": n, "single": single, "batched": batched, "null_model": host,
+               "speedup_vs_single": speedup, "host_overhead_us_per_stream_step": host_us}
+        split = ""
+        if seconds:  # batched run: mean per step inside the model's modules vs the adapter's own work
+            model = sum(seconds[k] - before[k] for k in ("features", "encoder", "decoder"))
+            total = seconds["step"] - before["step"]
+            run["model_ms_per_step"] = 1000 * model / batched["steps"]
+            run["bookkeeping_ms_per_step"] = 1000 * (total - model) / batched["steps"]
+            split = f"{run['model_ms_per_step']:.1f} / {run['bookkeeping_ms_per_step']:.2f}"
+        results["runs"].append(run)
+        print(f"{n:>4} {single['throughput_x_realtime']:>11.1f} {batched['throughput_x_realtime']:>12.1f} "
+              f"{speedup:>7.2f}x {batched['mean_batch']:>10.1f} {batched['step_ms_p50']:>11.1f} "
+              f"{batched['step_ms_p95']:>11.1f} {host_us:>19.1f} {split:>20}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=["nemotron", "parakeet-realtime"], default="nemotron")
-    parser.add_argument("--model", help=".nemo file (default: tests/assets/tiny_rnnt.nemo / tiny_eou.nemo)")
+    parser.add_argument("--model", help=".nemo file or random:<arch> (default: tests/assets/tiny_rnnt.nemo / "
+                        "tiny_eou.nemo); a random: spec runs the streams-per-device ramp")
+    parser.add_argument("--decoder-path", choices=["vectorised", "nemo", "both"], default="both")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float64 (default: float32; "
+                        "bfloat16 autocast on CUDA)")
+    parser.add_argument("--no-boosting", action="store_true",
+                        help="vectorised path without per-stream boosting (lets NeMo use its CUDA-graph decoder)")
     parser.add_argument("--chunk-ms", type=int, default=160)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per stream")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--host-steps", type=int, default=10, help="timed steps per N for the host cost (0: skip)")
+    parser.add_argument("--ramp-max", type=int, default=None, help="largest N of the ramp (CPU default 4)")
     parser.add_argument("--quick", action="store_true", help="N = 1, 8, 32 with 2 s each")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args()
@@ -195,39 +297,67 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    paths = ["vectorised", "nemo"] if args.decoder_path == "both" else [args.decoder_path]
+    cuda = args.device.startswith("cuda")
+    dtype, amp = args.dtype or "float32", bool(cuda and args.dtype in (None, "bfloat16"))
+    if amp:
+        dtype = "bfloat16"
     model = args.model or default_model(args.worker)
-    adapter = load_adapter(model, args.chunk_ms, max(args.streams), args.worker)
-    adapter.warmup()
-    null = NullAdapter(adapter.chunk_samples)
-
     results = {"model": model, "chunk_ms": args.chunk_ms, "seconds_per_stream": args.seconds,
-               "threads": args.threads, "runs": []}
+               "threads": args.threads, "device": args.device, "dtype": dtype, "paths": {}}
     if args.worker != "nemotron":
         results["worker"] = args.worker
-    header = f"{'N':>4} {'single x-rt':>11} {'batched x-rt':>12} {'speedup':>8} {'mean batch':>10} " \
-             f"{'step p50 ms':>11} {'step p95 ms':>11} {'host us/stream-step':>19}"
-    print(header)
-    print("-" * len(header))
-    for n in args.streams:
-        audios = [speech_audio(args.seconds, seed=i) for i in range(n)]
-        single = asyncio.run(run_streams(adapter, audios, concurrent=False, max_batch=args.max_batch))
-        batched = asyncio.run(run_streams(adapter, audios, concurrent=True, max_batch=args.max_batch))
-        host = asyncio.run(run_streams(null, audios, concurrent=True, max_batch=args.max_batch))
-        host_us = 1e6 * host["wall_s"] / max(1, host["stream_steps"])
-        speedup = batched["throughput_x_realtime"] / single["throughput_x_realtime"]
-        results["runs"].append({"streams": n, "single": single, "batched": batched, "null_model": host,
-                                "speedup_vs_single": speedup, "host_overhead_us_per_stream_step": host_us})
-        print(f"{n:>4} {single['throughput_x_realtime']:>11.1f} {batched['throughput_x_realtime']:>12.1f} "
-              f"{speedup:>7.2f}x {batched['mean_batch']:>10.1f} {batched['step_ms_p50']:>11.1f} "
-              f"{batched['step_ms_p95']:>11.1f} {host_us:>19.1f}")
-    if args.worker == "parakeet-realtime":
-        results["eou_latency"] = latency = eou_latency(adapter)
-        true_s = latency["speech_end_to_eou"]
-        print(f"EOU: {latency['detected']}/{latency['utterances']} utterances ended by <EOU> "
-              f"({latency['extra']} extra); end of speech → <EOU> p50 {true_s.get('p50_ms', float('nan')):.0f} ms, "
-              f"p90 {true_s.get('p90_ms', float('nan')):.0f} ms, p99 {true_s.get('p99_ms', float('nan')):.0f} ms; "
-              f"sentences with a mid-sentence pause ended at the pause: "
-              f"{latency['ended_at_pause']}/{latency['paused_sentences']}")
+
+    if model.startswith("random:") and model != "random:minimal":
+        path = paths[0]
+        ramp_max = args.ramp_max or (4096 if cuda else 4)
+        print(f"{model} on {args.device} ({dtype}{' autocast' if amp else ''}), {path} path, N up to {ramp_max}")
+        adapter = load_adapter(model, args.chunk_ms, ramp_max, args.worker, path, args.device, dtype, amp,
+                               not args.no_boosting)
+        adapter.warmup()
+        results["ramp"] = ramp(adapter, ramp_max, steps=max(3, args.host_steps // 2))
+        results["ramp"].update(decoder_path=path, boosting=not args.no_boosting)
+        print(f"streams kept in real time (largest N measured with step < chunk): "
+              f"{results['ramp']['max_realtime_streams_measured']}")
+    else:
+        for path in paths:
+            print(f"\n[{path} path] {model}")
+            adapter = load_adapter(model, args.chunk_ms, max(args.streams), args.worker, path, args.device,
+                                   dtype, amp)
+            adapter.warmup()
+            section = results["paths"][path] = {"runs": []}
+            throughput_table(adapter, args, section)
+            if args.worker == "parakeet-realtime":
+                section["eou_latency"] = latency = eou_latency(adapter)
+                true_s = latency["speech_end_to_eou"]
+                print(f"EOU: {latency['detected']}/{latency['utterances']} utterances ended by <EOU> "
+                      f"({latency['extra']} extra); end of speech → <EOU> p50 "
+                      f"{true_s.get('p50_ms', float('nan')):.0f} ms, p90 {true_s.get('p90_ms', float('nan')):.0f} ms, "
+                      f"p99 {true_s.get('p99_ms', float('nan')):.0f} ms; sentences with a mid-sentence pause "
+                      f"ended at the pause: {latency['ended_at_pause']}/{latency['paused_sentences']}")
+            del adapter
+        results["runs"] = results["paths"][paths[0]]["runs"]  # the default path, as before
+        if "eou_latency" in results["paths"][paths[0]]:
+            results["eou_latency"] = results["paths"][paths[0]]["eou_latency"]
+
+    if args.host_steps > 0:
+        print(f"\nhost cost per stream-step, random:minimal, {args.chunk_ms} ms chunks, N = 64 → 256 "
+              f"({args.threads} threads; this CPU is shared, expect noise)")
+        results["host_cost"] = {}
+        for path in paths:
+            adapter = load_adapter("random:minimal", args.chunk_ms, 256, "nemotron", path, args.device, dtype, amp)
+            adapter.warmup()
+            cost = results["host_cost"][path] = host_cost(adapter, args.host_steps)
+            line = (f"  {path:>10}: marginal {cost['marginal_us_per_stream_step']:7.1f} us/stream-step, "
+                    f"fixed {cost['fixed_ms_per_step']:6.2f} ms/step")
+            if "bookkeeping_marginal_us_per_stream_step" in cost:
+                line += (f"; bookkeeping alone: marginal {cost['bookkeeping_marginal_us_per_stream_step']:.1f} "
+                         f"us/stream-step, fixed {cost['bookkeeping_fixed_ms_per_step']:.2f} ms/step")
+            print(line, flush=True)
+            del adapter
+        first = results["host_cost"][paths[0]]
+        results["marginal_us_per_stream_step"] = first["marginal_us_per_stream_step"]
+        results["fixed_ms_per_step"] = first["fixed_ms_per_step"]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")

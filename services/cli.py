@@ -71,6 +71,7 @@ def _serve_streaming(args) -> None:
         shed_lag_s=None if args.admit_lag_ms <= 0 else 2.0,
         idle_timeout_s=args.idle_timeout if args.idle_timeout > 0 else None,
         token=resolve_token(args),
+        decoder_path=args.decoder_path,
     )
     app = create_streaming_app(cfg)
     # permessage-deflate off: PCM barely compresses (~0.9) and inflating every frame costs the
@@ -223,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_sub = serve.add_subparsers(dest="worker", required=True)
     for worker in STREAMING_WORKERS:
         p = serve_sub.add_parser(worker, help=f"the {worker} streaming worker")
-        p.add_argument("--model", help="Hugging Face id, local .nemo, or null (no model: host cost only)")
+        p.add_argument("--model", help="Hugging Face id, local .nemo, random:<arch> (random weights), "
+                       "or null (no model: host cost only); default: the production model")
+        p.add_argument("--decoder-path", choices=["vectorised", "nemo"], default="vectorised",
+                       help="vectorised step (default) or NeMo's CacheAwareRNNTPipeline")
         p.add_argument("--fallback-model", help="local .nemo to use, with a warning, if --model cannot load")
         p.add_argument("--device", default="cuda" if _cuda() else "cpu")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])

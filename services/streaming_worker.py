@@ -26,12 +26,15 @@ DEFAULT_MODELS = {
     "parakeet-realtime": "nvidia/parakeet_realtime_eou_120m-v1",
 }
 DEFAULT_CHUNK_MS = {"nemotron": 160, "parakeet-realtime": 160}
+# "vectorised": services/adapters/vectorised.py (per-stream state in slot tensors, the default);
+# "nemo": NeMo's CacheAwareRNNTPipeline (services/adapters/cache_aware.py), kept for comparison
+DECODER_PATHS = ("vectorised", "nemo")
 
 
 @dataclass
 class StreamingConfig:
     worker: str = "nemotron"
-    model: Optional[str] = None  # a Hugging Face id or a local .nemo path
+    model: Optional[str] = None  # a Hugging Face id, a local .nemo path or random:<arch> (random_models.py)
     fallback_model: Optional[str] = None  # used, loudly, when `model` cannot be loaded
     device: str = "cpu"
     dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
@@ -47,31 +50,49 @@ class StreamingConfig:
     finalize_wait_ms: Optional[int] = None
     token: Optional[str] = None
     warmup: bool = True
+    decoder_path: str = "vectorised"
+    amp: bool = False  # vectorised path: float32 weights under bfloat16 autocast
+    boosting: bool = True  # vectorised path: per-stream key phrases (off: NeMo's CUDA-graph decoder)
+
+    def __post_init__(self) -> None:
+        if self.decoder_path not in DECODER_PATHS:
+            raise ValueError(f"decoder_path must be one of {DECODER_PATHS}, not {self.decoder_path!r}")
 
     @property
     def model_id(self) -> str:
         return self.model or DEFAULT_MODELS[self.worker]
 
 
-def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
-    from .adapters.cache_aware import CacheAwareRNNTAdapter
+def _dtype(cfg: StreamingConfig) -> str:
+    return cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") and not cfg.amp else "float32")
 
-    dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
-    return CacheAwareRNNTAdapter(
-        model,
-        chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS.get(cfg.worker, 160),
-        max_streams=cfg.max_sessions,
-        device=cfg.device,
-        dtype=dtype,
-    )
+
+def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
+    chunk_ms = cfg.chunk_ms or DEFAULT_CHUNK_MS.get(cfg.worker, 160)
+    if cfg.decoder_path == "vectorised":
+        from .adapters.vectorised import VectorisedRNNTAdapter
+
+        return VectorisedRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
+                                     dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting)
+    from .adapters.cache_aware import CacheAwareRNNTAdapter
+    from .random_models import nemo_path
+
+    return CacheAwareRNNTAdapter(nemo_path(model), chunk_ms=chunk_ms, max_streams=cfg.max_sessions,
+                                 device=cfg.device, dtype=_dtype(cfg))
 
 
 def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
-    from .adapters.eou import EOUAdapter
-
-    dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
     chunk_ms = cfg.chunk_ms or DEFAULT_CHUNK_MS["parakeet-realtime"]
-    return EOUAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device, dtype=dtype)
+    if cfg.decoder_path == "vectorised":
+        from .adapters.vectorised_eou import VectorisedEOUAdapter
+
+        return VectorisedEOUAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
+                                    dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting)
+    from .adapters.eou import EOUAdapter
+    from .random_models import nemo_path
+
+    return EOUAdapter(nemo_path(model, eou=True), chunk_ms=chunk_ms, max_streams=cfg.max_sessions,
+                      device=cfg.device, dtype=_dtype(cfg))
 
 
 ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {
@@ -92,7 +113,7 @@ def load_adapter(cfg: StreamingConfig) -> StreamingAdapter:
     try:
         return build(cfg, cfg.model_id)
     except Exception as exc:
-        if not cfg.fallback_model or os.path.exists(cfg.model_id):
+        if not cfg.fallback_model or os.path.exists(cfg.model_id) or cfg.model_id.startswith("random:"):
             raise
         logger.warning(
             "could not load %s (%s: %s) — the model hub is probably unreachable from here. "

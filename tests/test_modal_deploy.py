@@ -72,7 +72,7 @@ async def test_parakeet_realtime_class_serves_the_eou_worker(deploy):
         spec = deploy.app.registered_functions["ParakeetRealtime.*"]._spec_
     assert spec.gpus == deploy.REALTIME_GPU == "L4"
     asgi = await asyncio.to_thread(lambda: deploy.ParakeetRealtime().web.local())
-    assert asgi.state.engine.adapter.__class__.__name__ == "EOUAdapter"
+    assert asgi.state.engine.adapter.__class__.__name__ == "VectorisedEOUAdapter"
     with LiveServer(asgi) as srv:
         async with ListenClient(srv.ws, token=TOKEN) as client:
             sender = asyncio.create_task(stream_pcm(client, to_pcm16(noise_audio(4, 1.0)), realtime=False))

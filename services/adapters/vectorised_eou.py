@@ -1,0 +1,54 @@
+"""Parakeet realtime EOU on the vectorised step: `<EOU>`/`<EOB>` end utterances.
+
+The rules of `eou.py`, over the batch: a step's tokens are searched for the two markers
+in one `np.isin`; markers never reach the text; a row that wrote one ends its utterance
+(`<EOU>` wins over `<EOB>`): an `<EOU>` final carries `end_of_turn` and reports its latency
+to `on_eou`, an `<EOB>` final is a backchannel. A marker on silence ends nothing visible.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from pipecat_nvasr.protocol import Final
+
+from ..engine.adapter import StepItem
+from .eou import EOB_PIECE, EOU_CHUNK_MS, EOU_PIECE
+from .vectorised import VectorisedRNNTAdapter
+
+EOB, EOU = 1, 2  # marker codes of VectorisedRNNTAdapter._account
+
+
+class VectorisedEOUAdapter(VectorisedRNNTAdapter):
+    eou_model = True
+
+    def __init__(self, model: str, chunk_ms: int = 160, max_streams: int = 256, device: str = "cpu",
+                 dtype: str = "float32", endpoint_silence_ms: int = 0,
+                 on_eou: Optional[Callable[[float], None]] = None, amp: bool = False, boosting: bool = True):
+        if chunk_ms not in EOU_CHUNK_MS:
+            raise ValueError(f"parakeet-realtime streams in chunks of {EOU_CHUNK_MS} ms, not {chunk_ms}")
+        super().__init__(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms, amp, boosting)
+        self.on_eou = on_eou
+        tokenizer = self.wrapper.tokenizer
+        eou_id, eob_id = tokenizer.token_to_id(EOU_PIECE), tokenizer.token_to_id(EOB_PIECE)
+        if eou_id is None or eou_id == tokenizer.token_to_id("<unk>") or eou_id == eob_id:
+            raise ValueError(f"{model} has no {EOU_PIECE}/{EOB_PIECE} tokens: not an EOU model")
+        self._eou_id = eou_id
+        self._marker_array = np.array(sorted([eou_id, eob_id]), dtype=np.int64)
+
+    def _pipeline_config(self, model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms) -> dict:
+        """The model's trained context [70,1]; 80 ms chunks shift it one encoder frame per step."""
+        cfg = super()._pipeline_config(model, 160, max_streams, device, dtype, endpoint_silence_ms)
+        if chunk_ms == 80:
+            cfg["streaming"]["chunk_size_in_secs"] = 0.08
+        return cfg
+
+    def _mark(self, item: StepItem, final: Final, marker: int, now: float) -> None:
+        if marker == EOB:
+            final.backchannel = True
+        elif marker == EOU:
+            final.end_of_turn = True
+            if self.on_eou is not None and item.stream_id >= 0:  # not the warm-up stream
+                self.on_eou(max(0.0, now - final.end))
