@@ -24,7 +24,7 @@ MODEL = ASSETS / "tiny_sortformer.nemo"
 CONV = ASSETS / "conversations"
 # tests/assets/tiny_sortformer.md: streaming DER on the held-out set; the committed conversations are a
 # few of those, so their pooled DER may sit somewhat above or below it.
-CARD_DER = 0.10
+CARD_DER = 0.085
 MARGIN = 0.06
 
 
@@ -49,7 +49,7 @@ def test_sessions_at_different_stages_batched_equal_alone(float64):
     # a small speaker cache and FIFO so the cache fills and is compressed within a few seconds
     model = S.load(MODEL, spkcache_len=20, fifo_len=8, spkcache_update_period=8).double()
     rows = _rows()[:3]
-    cuts = [9.0, 7.0, 6.0]  # different lengths: the last chunks differ
+    cuts = [8.0, 6.5, 5.0]  # different lengths: the last chunks differ
     sessions = [S.chunks(model, S.features(model, _audio(r)[: int(c * 16000)])) for r, c in zip(rows, cuts)]
     starts = [0, 3, 5]  # session i sends its first chunk at step starts[i]
 
@@ -82,7 +82,7 @@ def test_sessions_at_different_stages_batched_equal_alone(float64):
     assert shared >= 5, "sessions at different stages must have shared calls"
     for a, o in zip(alone, outs):
         b = torch.cat(o)
-        assert a.shape == b.shape and a.shape[0] >= 70
+        assert a.shape == b.shape and a.shape[0] >= 60
         assert float((a - b).abs().max()) < 1e-9
     # and the compressed speaker cache was in use
     assert all(int(s.spkcache_lengths[0]) == 20 for s in states)
