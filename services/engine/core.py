@@ -27,6 +27,7 @@ from typing import Callable, Optional
 from pipecat_nvasr.protocol import Error, ErrorCode
 
 from .adapter import StepItem, StepOutput, StreamingAdapter
+from .load import LoadMonitor
 from .scheduler import ReadyQueue
 from .session import Overloaded, Session
 
@@ -34,33 +35,8 @@ logger = logging.getLogger(__name__)
 
 StepObserver = Callable[[int, float], None]  # (batch size, seconds) per step, for metrics
 
-LAG_WINDOW_S = 1.0  # lag figures are the worst seen over the last one or two windows
 LOOP_PROBE_S = 0.05  # how often the event-loop lag probe wakes
 BACKLOG_EVERY = 4  # probe ticks between backlog measurements (O(sessions) each)
-
-
-class _WindowMax:
-    """The largest value seen in the current and the previous window (decays when idle)."""
-
-    def __init__(self, window: float = LAG_WINDOW_S):
-        self.window = window
-        self._start = time.monotonic()
-        self._current = 0.0
-        self._previous = 0.0
-
-    def _roll(self, now: float) -> None:
-        if now - self._start >= self.window:
-            self._previous = self._current if now - self._start < 2 * self.window else 0.0
-            self._current = 0.0
-            self._start = now
-
-    def add(self, value: float, now: float) -> None:
-        self._roll(now)
-        self._current = max(self._current, value)
-
-    def value(self, now: float) -> float:
-        self._roll(now)
-        return max(self._current, self._previous)
 
 
 class EngineCore:
@@ -89,7 +65,6 @@ class EngineCore:
         # with admit_lag set, also refuse when one more stream would make a round of steps over
         # all sessions take more than this fraction of a chunk of audio (measured step times)
         self.admit_load = admit_load
-        self._step_cost: dict[int, tuple] = {}  # batch bucket (power of 2) → EWMA (seconds, batch size)
         # sessions this far behind (p90) → the newest are ended with `overloaded` (None: never)
         self.shed_lag = shed_lag
         self.shed = 0  # sessions ended to protect older ones
@@ -102,10 +77,7 @@ class EngineCore:
         self.isolation_steps = 0  # extra steps run to find the stream that failed a batch
         self._chunk = adapter.chunk_samples
         self._ready = ReadyQueue()
-        self._step_wait = _WindowMax()
-        self._loop_lag = _WindowMax()
-        self._backlog_lag = _WindowMax()
-        self._backlog_now = 0.0
+        self.load = LoadMonitor(max_batch)
         self._shed_hold = 0.0  # no shedding before this time (monotonic)
         self._releases: list[int] = []  # adapter streams to forget, on the inference thread
         self._wakeup = asyncio.Event()
@@ -160,31 +132,17 @@ class EngineCore:
         audio is (p90 of their backlogs beyond one chunk: a step slower than a chunk of audio
         shows here even when every ready stream fits in one batch), and how late the event
         loop ran (ingest saturation)."""
-        now = time.monotonic()
-        return max(self.step_lag(), self._loop_lag.value(now))
+        return max(self.step_lag(), self.loop_lag())
 
     def step_lag(self) -> float:
         now = time.monotonic()
-        return max(self._step_wait.value(now), self._ready.oldest_wait(now), self._backlog_lag.value(now))
+        return max(self.load.step_lag(now), self._ready.oldest_wait(now))
 
     def predicted_round(self, streams: int) -> float:
-        """Seconds of model time for every one of `streams` to advance by one chunk, from the
-        step times measured so far (EWMA per power-of-two batch size)."""
-        costs = self._step_cost
-        if not costs or streams <= 0:
-            return 0.0
-        batch = min(streams, self.max_batch)
-        steps = -(-streams // batch)
-        bucket = 1 << (batch - 1).bit_length()
-        known = [b for b in costs if b >= bucket]
-        seconds, size = costs[min(known)] if known else costs[max(costs)]
-        # Within what was measured, time grows with the batch; beyond it, at most one doubling
-        # is guessed: on a GPU a bigger batch costs little more, and continuous batching
-        # measures bigger batches as soon as the load makes them.
-        return steps * seconds * min(2.0, max(1.0, batch / size))
+        return self.load.predicted_round(streams)
 
     def loop_lag(self) -> float:
-        return self._loop_lag.value(time.monotonic())
+        return self.load.loop_lag(time.monotonic())
 
     async def _probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -193,23 +151,15 @@ class EngineCore:
             before = loop.time()
             await asyncio.sleep(LOOP_PROBE_S)
             now = time.monotonic()
-            self._loop_lag.add(max(0.0, loop.time() - before - LOOP_PROBE_S), now)
+            self.load.add_loop_lag(max(0.0, loop.time() - before - LOOP_PROBE_S), now)
             ticks += 1
             if ticks % BACKLOG_EVERY == 0 and self.sessions:
                 self._measure_backlog(now)
 
     def _measure_backlog(self, now: float) -> None:
-        rate, chunk = self.adapter.sample_rate, self._chunk
         sessions = [s for s in self.sessions.values() if not s.closing]
-        # Behind real time: audio waiting, less what a client sent ahead of real time (a file
-        # streamed fast is a backlog the client made, not a sign the engine falls behind).
-        behind = sorted(
-            max(0, s._buffered - chunk - max(0, s._received - int((now - s.opened_at) * rate)))
-            for s in sessions
-        )
-        self._backlog_now = behind[int(0.9 * (len(behind) - 1))] / rate if behind else 0.0
-        self._backlog_lag.add(self._backlog_now, now)
-        if self.shed_lag is not None and self._backlog_now > self.shed_lag and now >= self._shed_hold:
+        backlog = self.load.measure_backlog(sessions, self._chunk, self.adapter.sample_rate, now)
+        if self.shed_lag is not None and backlog > self.shed_lag and now >= self._shed_hold:
             # The model cannot keep up with the sessions already admitted: end the newest, a
             # tenth at a time, then wait `shed_lag` for the rest to catch up before judging
             # again (their backlogs shrink only as fast as the worker works them off).
@@ -305,7 +255,7 @@ class EngineCore:
                 if not batch and not releases:
                     break
                 if batch:
-                    self._step_wait.add(wait, now)
+                    self.load.add_step_wait(wait, now)
                 planned = []
                 for session in batch:
                     if session.id in self.sessions and session.has_work(self._chunk):
@@ -395,9 +345,7 @@ class EngineCore:
                 self._run_isolating(half, outputs, failed)
             return
         elapsed = time.perf_counter() - started
-        bucket = 1 << (len(items) - 1).bit_length()
-        seconds, size = self._step_cost.get(bucket, (elapsed, len(items)))
-        self._step_cost[bucket] = (0.8 * seconds + 0.2 * elapsed, 0.8 * size + 0.2 * len(items))
+        self.load.record_step(len(items), elapsed)
         if self.on_step:
             self.on_step(len(items), elapsed)
         outputs.update(zip((item.stream_id for item in items), results))

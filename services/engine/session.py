@@ -45,8 +45,9 @@ class Session:
         self._buffered = 0  # samples waiting in _chunks
         self._received = 0  # samples ever received
         self._consumed = 0  # samples ever handed to the model
-        self._flushes: deque[tuple[int, bool]] = deque()  # (sample position, from_finalize)
-        self._finalize_deadlines: deque[float] = deque()  # one per pending finalize, in order
+        # (sample position, deadline): a finalize waits for its chunk until the deadline; a close
+        # has none
+        self._flushes: deque[tuple[int, Optional[float]]] = deque()
         self._closing = False
         self.closed = False
 
@@ -88,14 +89,13 @@ class Session:
         (see `next_item`); after it the utterance ends at the last whole chunk.
         """
         if not self._closing:
-            self._flushes.append((self._received, True))
-            self._finalize_deadlines.append(time.monotonic() + wait)
+            self._flushes.append((self._received, time.monotonic() + wait))
 
     def close(self) -> None:
         """End of stream: flush everything, then say `closed`."""
         if not self._closing:
             self._closing = True
-            self._flushes.append((self._received, False))
+            self._flushes.append((self._received, None))
 
     @property
     def closing(self) -> bool:
@@ -108,19 +108,17 @@ class Session:
             return True
         if not self._flushes:
             return False
-        flush_at, from_finalize = self._flushes[0]
+        flush_at, deadline = self._flushes[0]
         return (
-            not from_finalize
+            deadline is None
             or self._consumed >= flush_at
             or len(self._flushes) > 1  # a close (or another finalize) waits behind it: no more audio
-            or time.monotonic() >= self._finalize_deadlines[0]
+            or time.monotonic() >= deadline
         )
 
     def finalize_deadline(self) -> Optional[float]:
         """When the finalize at the head of the queue stops waiting for its chunk to fill."""
-        if self._flushes and self._flushes[0][1]:
-            return self._finalize_deadlines[0]
-        return None
+        return self._flushes[0][1] if self._flushes else None
 
     def next_item(self, chunk: int) -> Optional[StepItem]:
         """Cut this session's input for the next step, or None if a flush needs no model call.
@@ -135,7 +133,8 @@ class Session:
         time (the client stopped sending, or closes), what there is is padded with zeros — the
         silence of that gap — and the pad is taken out of event times (`_client_time`).
         """
-        flush_at, from_finalize = self._flushes[0] if self._flushes else (None, False)
+        flush_at, deadline = self._flushes[0] if self._flushes else (None, None)
+        from_finalize = deadline is not None
         pad = 0
         if from_finalize and self._consumed >= flush_at:
             if self.stream_id is None:
@@ -197,7 +196,7 @@ class Session:
         """Turn one step's output into protocol messages, in client stream time."""
         flushed = item is None or item.is_last or item.end_utterance
         stream_ended = item.is_last if item is not None else self.stream_id is None
-        from_finalize = flushed and self._flushes[0][1]
+        from_finalize = flushed and self._flushes[0][1] is not None
         finals = list(output.finals) if output else []
         if flushed and from_finalize and not any(f.text for f in finals):
             now = self._model_samples / self.sample_rate  # adapter-stream time, like its output
@@ -214,8 +213,7 @@ class Session:
                 self._last_partial = partial.text
                 self.outbox.put_nowait(self._shift(partial))
         if flushed:
-            if self._flushes.popleft()[1]:
-                self._finalize_deadlines.popleft()
+            self._flushes.popleft()
             self._last_partial = ""
         if stream_ended:
             self.stream_id = None
