@@ -191,16 +191,21 @@ def heldout_voice_clips(work: Path, n: int = 200, seed: int = 77) -> list[dict]:
     return rows
 
 
-def rnnt_heldout_voices(work: Path) -> dict:
-    """tiny_rnnt (not multitalker) streaming WER on the held-out-voice word-order clips."""
-    rnnt = load_asr(ROOT / "tests" / "assets" / "tiny_rnnt.nemo")
+def heldout_voices_wer(model, work: Path, multitalker: bool) -> dict:
+    """Streaming WER on the held-out-voice word-order clips, overall and per espeak variant; a multitalker
+    model gets the single-speaker targets (spk 1, bg 0 on every frame)."""
     clips = heldout_voice_clips(work)
-    e = n = 0
+    tot, per = [0, 0], {}
     for c in clips:
-        hyp = stream_row(rnnt, sf.read(c["audio_filepath"], dtype="float32")[0])
-        e += edit_distance(c["text"].split(), hyp.split())
-        n += len(c["text"].split())
-    return {"wer": round(100.0 * e / n, 2), "clips": len(clips), "words": n}
+        x = sf.read(c["audio_filepath"], dtype="float32")[0]
+        n = -(-len(x) // FRAME) + CHUNK_FRAMES
+        hyp = stream_row(model, x, np.ones(n, np.float32), np.zeros(n, np.float32)) if multitalker else stream_row(model, x)
+        e, w = edit_distance(c["text"].split(), hyp.split()), len(c["text"].split())
+        for acc in (tot, per.setdefault(c["voice"].split("+")[1], [0, 0])):
+            acc[0] += e
+            acc[1] += w
+    return {"wer": round(100.0 * tot[0] / tot[1], 2), "clips": len(clips), "words": tot[1],
+            "by_variant": {k: round(100.0 * e / w, 1) for k, (e, w) in sorted(per.items())}}
 
 
 def main():
@@ -209,19 +214,24 @@ def main():
     ap.add_argument("--diar", type=Path, default=ROOT / "tests" / "assets" / "tiny_sortformer.nemo")
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--limit", type=int, default=0, help="first N conversations per set (0: all)")
-    ap.add_argument("--skip-rnnt", action="store_true")
+    ap.add_argument("--sets", default="test,test_voices")
+    ap.add_argument("--skip-rnnt", action="store_true", help="skip both held-out-voice single-speaker runs")
+    ap.add_argument("--out", type=Path, help="results JSON (default <model>.eval.json)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     asr = load_asr(a.model)
     diar = S.load(a.diar, chunk_len=2, chunk_right_context=0)
     res = {}
-    for name in ("test", "test_voices"):
+    for name in a.sets.split(","):
         res[name] = evaluate_set(asr, diar, a.work / f"{name}.jsonl", a.limit)
         print(name, res[name], flush=True)
     if not a.skip_rnnt:
-        res["tiny_rnnt_heldout_voices"] = rnnt_heldout_voices(a.work)
+        res["heldout_voices_single_speaker"] = heldout_voices_wer(asr, a.work, multitalker=True)
+        print("held-out voices, single speaker", res["heldout_voices_single_speaker"], flush=True)
+        res["tiny_rnnt_heldout_voices"] = heldout_voices_wer(load_asr(ROOT / "tests" / "assets" / "tiny_rnnt.nemo"),
+                                                             a.work, multitalker=False)
         print("tiny_rnnt held-out voices", res["tiny_rnnt_heldout_voices"], flush=True)
-    Path(str(a.model) + ".eval.json").write_text(json.dumps(res, indent=1))
+    (a.out or Path(str(a.model) + ".eval.json")).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -70,12 +70,21 @@ class Examples:
     """Random crops of turns (+ a few 'false row' negatives: a crop of the other speaker's turn with an
     empty text, a short target blip and the other voice as background), collated into batches."""
 
-    def __init__(self, rows, turns, tok, seed: int, negatives: float = 0.05, flip: float = 0.02):
+    def __init__(self, rows, turns, tok, seed: int, negatives: float = 0.05, flip: float = 0.02,
+                 overlap_repeat: int = 1):
         self.rows, self.turns, self.tok = rows, turns, tok
         self.r = random.Random(seed)
         self.negatives, self.flip = negatives, flip
         self.labels = [labels_array(r) for r in rows]
         self.ids = [tok.text_to_ids(t.text) for t in turns]
+        # turns whose crop holds both voices at once appear overlap_repeat times per epoch
+        self.epoch = [k for k, t in enumerate(turns)
+                      for _ in range(overlap_repeat if self.overlapped(t) else 1)]
+
+    def overlapped(self, t: Turn) -> bool:
+        y = self.labels[t.conv]
+        start, stop = crop_frames(t, len(y), None)
+        return bool((y[max(0, start - 3): stop].sum(1) > 1).any())
 
     def one(self, k: int):
         r, t = self.r, self.turns[k]
@@ -96,7 +105,7 @@ class Examples:
 
     def batches(self, batch: int):
         """Length-bucketed batches (sorted within pools of 50 batches) in random order."""
-        idx = list(range(len(self.turns)))
+        idx = list(self.epoch)
         self.r.shuffle(idx)
         out, pool = [], batch * 50
         for p in range(0, len(idx), pool):
@@ -165,6 +174,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--overlap-repeat", type=int, default=1, help="show turns with overlapping voices N times an epoch")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -182,7 +192,7 @@ def main() -> None:
     rows, turns = load_turns(a.work / "train.jsonl")
     ev_rows, ev_turns = load_turns(a.work / "test.jsonl")
     ev_turns = [t for t in ev_turns if t.conv < 15]
-    data = Examples(rows, turns, model.tokenizer, a.seed)
+    data = Examples(rows, turns, model.tokenizer, a.seed, overlap_repeat=a.overlap_repeat)
     blank = model.decoder.blank_idx
     print(f"{len(turns)} training turns from {len(rows)} conversations; {len(ev_turns)} eval turns; params "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
@@ -229,7 +239,7 @@ def main() -> None:
     model.clear_speaker_targets()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
-    info = {"init": a.init.name, "layers": a.layers, "steps": step, "batch": a.batch, "lr": a.lr,
+    info = {"init": a.init.name, "layers": a.layers, "overlap_repeat": a.overlap_repeat, "steps": step, "batch": a.batch, "lr": a.lr,
             "kernel_lr_mult": a.kernel_lr_mult, "warmup": a.warmup, "seed": a.seed, "threads": a.threads,
             "minutes": round((time.time() - t0) / 60, 1), "turns": len(turns), "curve": curve,
             "size_mb": round(a.out.stat().st_size / 1e6, 2)}
