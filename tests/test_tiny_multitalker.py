@@ -70,6 +70,7 @@ def test_held_out_turns_with_oracle_targets(turns, oracle_hyps):
     words = sum(len(ref.split()) for ref, *_ in turns)
     wer = 100.0 * sum(errors(ref, h) for (ref, *_), h in zip(turns, oracle_hyps)) / words
     assert words > 60
+    print(f"oracle WER {wer:.1f} % over {words} words")
     assert wer <= ORACLE_WER_BOUND, wer
 
 
@@ -87,5 +88,6 @@ def test_targets_steer_the_transcript(model, turns, oracle_hyps):
         zeroed += errors(ref, z)
         swapped += errors(ref, o)
         changed = changed or z != oracle_hyps[k]
+    print("errors real/zeroed/swapped", real, zeroed, swapped)
     assert changed
     assert real < zeroed and real < swapped, (real, zeroed, swapped)
