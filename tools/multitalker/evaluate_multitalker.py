@@ -36,12 +36,12 @@ sys.path.insert(0, str(HERE.parent / "tiny_model"))
 import sortformer as S  # noqa: E402
 from conversations import BASES_HELD, FEMALE_HELD, FRAME, MALE_HELD, SR, labels_array, speak  # noqa: E402
 from cpwer import cpwer, edit_distance  # noqa: E402
-from turns import CLOSE_FRAMES, PRE_ENCODE_DROP, PRE_ENCODE_PAD, crop_audio, crop_frames, targets, turns_of  # noqa: E402
+from turns import CLOSE_FRAMES, PRE_ENCODE_DROP, PRE_ENCODE_PAD, crop_audio, crop_frames, targets  # noqa: E402
 from train_multitalker import load_turns  # noqa: E402
 
 ROOT = HERE.parents[1]
 CHUNK_FRAMES = 2  # 160 ms steps: 2 encoder frames, 16 feature frames
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # a row opens when p >= THRESHOLD and closes after 8 frames below it
 
 
 def load_asr(path):
@@ -87,13 +87,15 @@ def column_map(probs: np.ndarray, ref: np.ndarray) -> list[int]:
     return list(best)
 
 
-def diar_targets(probs: np.ndarray, col: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """What the worker sets: spk = p_col > 0.5, bg = any other column > 0.5 (float 0/1), frames start.."""
+def diar_targets(probs: np.ndarray, col: int, start: int, n: int,
+                 spk_threshold: float = THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """What the worker sets: spk = p_col > spk_threshold, bg = any other column > 0.5 (float 0/1),
+    frames start..start+n."""
     seg = np.zeros((n, probs.shape[1]), np.float32)
     part = probs[start: start + n]
     seg[: len(part)] = part
     on = (seg > THRESHOLD).astype(np.float32)
-    return on[:, col].copy(), np.delete(on, col, axis=1).max(1)
+    return (seg[:, col] > spk_threshold).astype(np.float32), np.delete(on, col, axis=1).max(1)
 
 
 def worker_rows(p: np.ndarray) -> list[tuple[int, int]]:
@@ -119,7 +121,7 @@ def worker_rows(p: np.ndarray) -> list[tuple[int, int]]:
     return rows
 
 
-def evaluate_set(asr, diar, manifest: Path, limit: int = 0) -> dict:
+def evaluate_set(asr, diar, manifest: Path, limit: int = 0, spk_threshold: float = THRESHOLD) -> dict:
     rows, turns = load_turns(manifest)
     if limit:
         rows = rows[:limit]
@@ -135,8 +137,9 @@ def evaluate_set(asr, diar, manifest: Path, limit: int = 0) -> dict:
         for t in (t for t in turns if t.conv == i):
             start, stop = crop_frames(t, len(y), None)
             audio = crop_audio(x, start, stop)
-            for mode, (spk, bg) in (("oracle", targets(y, t.speaker, start, stop - start)),
-                                    ("sortformer", diar_targets(probs, cols[t.speaker], start, stop - start))):
+            n = stop - start
+            for mode, (spk, bg) in (("oracle", targets(y, t.speaker, start, n)),
+                                    ("sortformer", diar_targets(probs, cols[t.speaker], start, n, spk_threshold))):
                 hyp = stream_row(asr, audio, spk, bg)
                 err[mode][0] += edit_distance(t.text.split(), hyp.split())
                 err[mode][1] += len(t.text.split())
@@ -146,7 +149,7 @@ def evaluate_set(asr, diar, manifest: Path, limit: int = 0) -> dict:
         hyp_by = {}
         for c in range(probs.shape[1]):
             for a, b in worker_rows(probs[:, c]):
-                spk, bg = diar_targets(probs, c, a, b - a)
+                spk, bg = diar_targets(probs, c, a, b - a, spk_threshold)
                 text = stream_row(asr, crop_audio(x, a, b), spk, bg)
                 if text.strip():
                     hyp_by.setdefault(c, []).append(text)
@@ -215,6 +218,8 @@ def main():
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--limit", type=int, default=0, help="first N conversations per set (0: all)")
     ap.add_argument("--sets", default="test,test_voices")
+    ap.add_argument("--spk-threshold", type=float, default=THRESHOLD,
+                    help="Sortformer p above which a row's own-speaker target is 1 (rows still open/close at 0.5)")
     ap.add_argument("--skip-rnnt", action="store_true", help="skip both held-out-voice single-speaker runs")
     ap.add_argument("--out", type=Path, help="results JSON (default <model>.eval.json)")
     a = ap.parse_args()
@@ -223,7 +228,7 @@ def main():
     diar = S.load(a.diar, chunk_len=2, chunk_right_context=0)
     res = {}
     for name in a.sets.split(","):
-        res[name] = evaluate_set(asr, diar, a.work / f"{name}.jsonl", a.limit)
+        res[name] = evaluate_set(asr, diar, a.work / f"{name}.jsonl", a.limit, a.spk_threshold)
         print(name, res[name], flush=True)
     if not a.skip_rnnt:
         res["heldout_voices_single_speaker"] = heldout_voices_wer(asr, a.work, multitalker=True)
