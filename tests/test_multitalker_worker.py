@@ -25,7 +25,6 @@ from cpwer import cpwer  # noqa: E402
 
 CONV = ASSETS / "conversations"
 ASR = ASSETS / "tiny_multitalker.nemo"
-ASR = ASR if ASR.exists() else ASSETS / "tiny_rnnt.nemo"  # DEV ONLY
 DIAR = ASSETS / "tiny_sortformer.nemo"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # tests/assets/tiny_multitalker.md: cpWER through this worker on the committed conversations
@@ -48,7 +47,9 @@ def server():
     torch.set_default_dtype(torch.float64)  # exact batched == alone (NeMo's Sortformer update)
     try:
         adapter = MultitalkerAdapter(str(ASR), str(DIAR), max_streams=12, dtype="float64")
-        cfg = StreamingConfig(worker="multitalker", model=str(ASR), max_sessions=12, token=TOKEN)
+        # files are sent faster than real time: allow a whole conversation to wait in the buffer
+        cfg = StreamingConfig(worker="multitalker", model=str(ASR), max_sessions=12, token=TOKEN,
+                              max_buffer_seconds=30)
         app = create_streaming_app(cfg, adapter=adapter)
         with LiveServer(app) as srv:
             srv.app = app
