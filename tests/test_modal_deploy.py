@@ -98,12 +98,15 @@ def container_env(name):
 
 print(json.dumps({
     "served": {"Nemotron": d.Nemotron.config, "ParakeetRealtime": d.ParakeetRealtime.config,
-               "Parakeet": d.Parakeet.config},
+               "Multitalker": d.Multitalker.config, "Parakeet": d.Parakeet.config},
     "concurrency": {"Nemotron": d.NEMOTRON_SESSIONS, "ParakeetRealtime": d.REALTIME_SESSIONS,
+                    "Multitalker": d.MULTITALKER_SESSIONS,
                     "Parakeet": d.PARAKEET_INPUTS, "ParakeetSegmenter": d.SEGMENTER_SESSIONS},
-    "gpus": {n: d.app.registered_functions[n + ".*"]._spec_.gpus for n in ("Nemotron", "ParakeetRealtime", "Parakeet")},
-    "scaling": {n: getattr(d, "_scaling", lambda p: None)(n) for n in ("NEMOTRON", "REALTIME", "PARAKEET")},
-    "container_env": {n: container_env(n + ".*") for n in ("Nemotron", "ParakeetRealtime", "Parakeet", "ParakeetSegmenter")},
+    "gpus": {n: d.app.registered_functions[n + ".*"]._spec_.gpus
+             for n in ("Nemotron", "ParakeetRealtime", "Multitalker", "Parakeet")},
+    "scaling": {n: getattr(d, "_scaling", lambda p: None)(n) for n in ("NEMOTRON", "REALTIME", "MULTITALKER", "PARAKEET")},
+    "container_env": {n: container_env(n + ".*")
+                      for n in ("Nemotron", "ParakeetRealtime", "Multitalker", "Parakeet", "ParakeetSegmenter")},
 }))
 """
 
@@ -134,6 +137,11 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
         NVASR_STREAMING_MAX_BATCH="32",
         NVASR_PARAKEET_MODEL="nvidia/parakeet-tdt-0.6b-v2",
         NVASR_PARAKEET_MAX_BATCH="64",
+        NVASR_MULTITALKER_DIAR_MODEL=str(tmp_path / "custom-sortformer.nemo"),
+        NVASR_MULTITALKER_GPU="A100-80GB",
+        NVASR_MULTITALKER_CHUNK_MS="80",
+        NVASR_MULTITALKER_SESSIONS="12",
+        NVASR_MULTITALKER_MIN_CONTAINERS="1",
     )
     deployed = _import_report(deploy_env)
     for name, carried in deployed["container_env"].items():
@@ -150,3 +158,12 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
     assert deployed["gpus"]["Nemotron"] == "L40S"
     assert deployed["scaling"]["NEMOTRON"] == {"min_containers": 1, "buffer_containers": 2}
     assert deployed["scaling"]["PARAKEET"] == {"min_containers": None, "buffer_containers": None}
+
+    multitalker = deployed["served"]["Multitalker"]
+    assert multitalker["worker"] == "multitalker"
+    assert multitalker["model"] == "nvidia/multitalker-parakeet-streaming-0.6b-v1"  # the default
+    assert multitalker["diar_model"].endswith("custom-sortformer.nemo") and multitalker["chunk_ms"] == 80
+    assert multitalker["max_sessions"] == deployed["concurrency"]["Multitalker"] == 12
+    assert multitalker["max_batch"] == 32
+    assert deployed["gpus"]["Multitalker"] == "A100-80GB" and deployed["gpus"]["Nemotron"] == "L40S"
+    assert deployed["scaling"]["MULTITALKER"] == {"min_containers": 1, "buffer_containers": None}
