@@ -1,0 +1,143 @@
+"""MultitalkerSTTService in a real Pipecat pipeline against a real multitalker worker.
+
+One uvicorn worker (module scope) runs the tiny streaming Sortformer in front of the tiny
+multitalker ASR (tests/assets; `tiny_rnnt.nemo` stands in when the multitalker model is not
+there — its rows then transcribe everything they hear, which still tests the labels). Two-voice
+espeak conversations (tests/assets/conversations) go through the pipeline like a microphone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    STTUpdateSettingsFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.tests.utils import SleepFrame, run_test
+
+from pipecat_nvasr import MultitalkerSTTService
+from pipecat_nvasr.protocol import Final
+
+from conftest import ASSETS, TOKEN, LiveServer, to_pcm16
+
+FRAME_MS = 20
+PACE = 0.25  # sleep per frame as a fraction of its duration: 4x real time
+CONVERSATIONS = ASSETS / "conversations"
+LABELS = {f"spk{k}" for k in range(4)}
+
+
+def multitalker_models() -> tuple[str, str]:
+    """(ASR, diarizer): the tiny trained models, or tiny_rnnt standing in for the ASR."""
+    asr = ASSETS / "tiny_multitalker.nemo"
+    return str(asr if asr.exists() else ASSETS / "tiny_rnnt.nemo"), str(ASSETS / "tiny_sortformer.nemo")
+
+
+def conversation(index: int) -> tuple[dict, np.ndarray]:
+    rows = [json.loads(line) for line in (CONVERSATIONS / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    samples, rate = sf.read(CONVERSATIONS / rows[index]["audio_filepath"], dtype="float32")
+    assert rate == 16000
+    return rows[index], samples
+
+
+@pytest.fixture(scope="module")
+def worker():
+    from services.streaming_worker import StreamingConfig, create_streaming_app
+
+    asr, diar = multitalker_models()
+    app = create_streaming_app(StreamingConfig(worker="multitalker", model=asr, diar_model=diar, token=TOKEN,
+                                               max_sessions=4))
+    with LiveServer(app) as server:
+        server.app = app
+        yield server
+
+
+def audio_frames(samples: np.ndarray, pace: float = PACE) -> list:
+    pcm = to_pcm16(samples)
+    step = 16000 * FRAME_MS // 1000 * 2
+    frames = []
+    for start in range(0, len(pcm), step):
+        frames.append(InputAudioRawFrame(audio=pcm[start : start + step], sample_rate=16000, num_channels=1))
+        frames.append(SleepFrame(sleep=FRAME_MS / 1000 * pace))
+    return frames
+
+
+def turn(samples: np.ndarray) -> list:
+    """The whole conversation as one VAD turn (one microphone, several people), then the stop."""
+    frames = [VADUserStartedSpeakingFrame(start_secs=0.2)] + audio_frames(samples)
+    return frames + [VADUserStoppedSpeakingFrame(stop_secs=0.2), SleepFrame(sleep=0.5)]
+
+
+def service(worker, **kwargs) -> MultitalkerSTTService:
+    return MultitalkerSTTService(url=worker.ws, api_key=TOKEN, **kwargs)
+
+
+async def run(stt, frames):
+    return await run_test(stt, frames_to_send=frames, start_timeout=10)
+
+
+def finals(frames) -> list[TranscriptionFrame]:
+    return [f for f in frames if isinstance(f, TranscriptionFrame)]
+
+
+async def test_a_conversation_comes_back_as_two_speakers(worker):
+    _, samples = conversation(0)
+    stt = service(worker)
+    down, up = await run(stt, turn(samples))
+
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    transcripts = finals(down)
+    interims = [f for f in down if isinstance(f, InterimTranscriptionFrame)]
+    assert transcripts and interims
+    # user_id is the worker's speaker label, on interims and finals alike
+    assert all(isinstance(f.result, Final) and f.user_id == f.result.speaker for f in transcripts)
+    assert all(f.user_id == f.result.speaker for f in interims)
+    speakers = {f.user_id for f in transcripts}
+    assert len(speakers) >= 2 and speakers <= LABELS, speakers
+    assert {f.user_id for f in interims} >= speakers - {None}, "every speaker's words were interim first"
+    # spk0 is whoever spoke first: the first final in stream time is spk0's
+    assert min(transcripts, key=lambda f: f.result.start).user_id == "spk0"
+    # the VAD stop flushed every open speaker; exactly the last final of the flush answers it
+    answered = [f for f in transcripts if f.result.from_finalize]
+    assert len(answered) <= 1 and all(f.finalized for f in answered)
+    if answered:
+        assert transcripts[-1] is answered[0]
+
+
+async def test_speaker_names_map_labels_and_change_live(worker):
+    """`speaker_names` names the labels; an update applies from the next frame, same session."""
+    _, samples = conversation(2)
+    names = {"spk0": "alice", "spk1": "bob"}
+    stt = service(worker, settings=MultitalkerSTTService.Settings(speaker_names=names))
+    renamed = {"spk0": "carol", "spk1": "dave"}
+    frames = turn(samples) + [STTUpdateSettingsFrame(delta=MultitalkerSTTService.Settings(speaker_names=renamed))]
+    frames += [SleepFrame(sleep=0.2)] + turn(samples)
+    down, up = await run(stt, frames)
+
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert stt.sessions_opened == 1, "a new speaker map must not reconnect"
+    labelled = [f for f in down if isinstance(f, (TranscriptionFrame, InterimTranscriptionFrame))
+                and f.result.speaker in names]  # (a third label, if any, is named by neither map)
+    # In arrival order: every frame named by the first map, then (from the update on) by the second.
+    # (Stream time cannot split them: a loaded worker may answer the first turn after the update.)
+    switched = [f.user_id == renamed.get(f.result.speaker, f.result.speaker) for f in labelled]
+    assert switched == sorted(switched), "a frame named by the old map after one named by the new"
+    old = [f for f, new in zip(labelled, switched) if not new]
+    assert old and all(f.user_id == names.get(f.result.speaker, f.result.speaker) for f in old)
+    assert {"alice", "bob"} <= {f.user_id for f in old}
+    assert {"carol", "dave"} & {f.user_id for f in labelled[len(old):]}
+
+def test_speaker_label_to_user_id():
+    stt = MultitalkerSTTService(settings=MultitalkerSTTService.Settings(speaker_names={"spk1": "bob"}))
+    assert stt.speaker_user_id("spk1") == "bob"
+    assert stt.speaker_user_id("spk2") == "spk2"  # unmapped: the label itself
+    assert stt.speaker_user_id(None) == stt._user_id  # a worker without speakers: the transport's user
