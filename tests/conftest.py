@@ -104,6 +104,25 @@ def pause_set() -> list[dict]:
     return clip_set("pause")
 
 
+def multitalker_models() -> tuple[str, str]:
+    """(ASR, diarizer) for a multitalker worker: the tiny trained models (tools/multitalker), with
+    tiny_rnnt standing in for the ASR while tiny_multitalker.nemo is not there (its rows then
+    transcribe everything they hear: the speaker labels still come from the diarizer)."""
+    asr = ASSETS / "tiny_multitalker.nemo"
+    return str(asr if asr.exists() else ASSETS / "tiny_rnnt.nemo"), str(ASSETS / "tiny_sortformer.nemo")
+
+
+def conversation(index: int) -> tuple[dict, np.ndarray]:
+    """A held-out two-voice conversation (tests/assets/conversations): its manifest row, 16 kHz samples."""
+    import soundfile as sf
+
+    folder = ASSETS / "conversations"
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    samples, rate = sf.read(folder / rows[index]["audio_filepath"], dtype="float32")
+    assert rate == 16000
+    return rows[index], samples
+
+
 def noise_audio(seed: int, seconds: float) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 import soundfile as sf
-from conftest import noise_audio
+from conftest import conversation, multitalker_models, noise_audio
 
 from services.cli import build_parser, resolve_token
 
@@ -94,8 +94,6 @@ def _wait_healthy(server, port: int, token: str) -> None:
 
 def test_serve_multitalker_then_stream_a_conversation(tmp_path):
     """`nvasr serve multitalker` with the bundled tiny models; `nvasr stream` labels the speakers."""
-    from test_multitalker_service import CONVERSATIONS, multitalker_models
-
     asr, diar = multitalker_models()
     port, token = _free_port(), "cli-token"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -110,9 +108,9 @@ def test_serve_multitalker_then_stream_a_conversation(tmp_path):
         assert health["max_sessions"] == 2 and health["chunk_ms"] == 160
         url = f"ws://127.0.0.1:{port}"
         # both voices speak in the first 6 s; --fast sends it at once, within the 10 s a session may queue
-        samples, rate = sf.read(CONVERSATIONS / "test_00001.wav", dtype="float32")
+        _, samples = conversation(0)
         wav = tmp_path / "conversation.wav"
-        sf.write(wav, samples[: 6 * rate], rate)
+        sf.write(wav, samples[: 6 * 16000], 16000)
         done = subprocess.run(NVASR + ["stream", str(wav), "--url", url, "--token", token, "--fast"],
                               env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, LiveServer, noise_audio, to_pcm16
+from conftest import TOKEN, LiveServer, conversation, multitalker_models, noise_audio, to_pcm16
 
 from pipecat_nvasr.client import ListenClient, stream_pcm
 from pipecat_nvasr.protocol import Closed, Final
@@ -24,6 +24,10 @@ def deploy(tiny_rnnt, tiny_eou, monkeypatch_module):
     monkeypatch_module.setenv("NVASR_REALTIME_SESSIONS", "16")
     monkeypatch_module.setenv("NVASR_DEVICE", "cpu")
     monkeypatch_module.setenv("NVASR_NEMOTRON_SESSIONS", "16")
+    asr, diar = multitalker_models()
+    monkeypatch_module.setenv("NVASR_MULTITALKER_MODEL", asr)
+    monkeypatch_module.setenv("NVASR_MULTITALKER_DIAR_MODEL", diar)
+    monkeypatch_module.setenv("NVASR_MULTITALKER_SESSIONS", "4")
     monkeypatch_module.setenv("NVASR_TOKEN", TOKEN)
     monkeypatch_module.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch_module.delenv("MODAL_TOKEN_SECRET", raising=False)
@@ -79,6 +83,27 @@ async def test_parakeet_realtime_class_serves_the_eou_worker(deploy):
             events = [e async for e in client.events()]
             await sender
     assert isinstance(events[-1], Closed) and any(isinstance(e, Final) for e in events)
+
+
+async def test_multitalker_class_serves_speaker_labels(deploy):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = deploy.app.registered_functions["Multitalker.*"]._spec_
+    assert spec.gpus == deploy.MULTITALKER_GPU == "H100"
+    asgi = await asyncio.to_thread(lambda: deploy.Multitalker().web.local())
+    assert asgi.state.engine.adapter.__class__.__name__ == "MultitalkerAdapter"
+    assert asgi.state.engine.max_sessions == deploy.MULTITALKER_SESSIONS == 4
+    _, samples = conversation(0)
+    with LiveServer(asgi) as srv:
+        async with ListenClient(srv.ws, token=TOKEN) as client:
+            sender = asyncio.create_task(stream_pcm(client, to_pcm16(samples[: 6 * 16000]), realtime=False))
+            events = [e async for e in client.events()]
+            await sender
+    finals = [e for e in events if isinstance(e, Final) and e.text]
+    assert isinstance(events[-1], Closed) and finals
+    assert {e.speaker for e in finals} >= {"spk0", "spk1"}
 
 
 # What a process that imported modal_deploy.py says it would serve and what it tells Modal.

@@ -8,11 +8,8 @@ espeak conversations (tests/assets/conversations) go through the pipeline like a
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import soundfile as sf
 
 from pipecat.frames.frames import (
     ErrorFrame,
@@ -28,25 +25,11 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat_nvasr import MultitalkerSTTService
 from pipecat_nvasr.protocol import Final
 
-from conftest import ASSETS, TOKEN, LiveServer, to_pcm16
+from conftest import TOKEN, LiveServer, conversation, multitalker_models, to_pcm16
 
 FRAME_MS = 20
 PACE = 0.25  # sleep per frame as a fraction of its duration: 4x real time
-CONVERSATIONS = ASSETS / "conversations"
 LABELS = {f"spk{k}" for k in range(4)}
-
-
-def multitalker_models() -> tuple[str, str]:
-    """(ASR, diarizer): the tiny trained models, or tiny_rnnt standing in for the ASR."""
-    asr = ASSETS / "tiny_multitalker.nemo"
-    return str(asr if asr.exists() else ASSETS / "tiny_rnnt.nemo"), str(ASSETS / "tiny_sortformer.nemo")
-
-
-def conversation(index: int) -> tuple[dict, np.ndarray]:
-    rows = [json.loads(line) for line in (CONVERSATIONS / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    samples, rate = sf.read(CONVERSATIONS / rows[index]["audio_filepath"], dtype="float32")
-    assert rate == 16000
-    return rows[index], samples
 
 
 @pytest.fixture(scope="module")
