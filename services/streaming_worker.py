@@ -6,6 +6,7 @@ of their own. Each worker kind names its default production model and its adapte
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
                       device=cfg.device, dtype=_dtype(cfg))
 
 
+@functools.lru_cache(maxsize=None)  # a retry of the build (the ASR's fallback) asks again: warn once
 def _loadable(model_id: str, fallback: Optional[str], what: str) -> str:
     """`model_id` when its weights can be had (a local file, or fetched into the hub cache),
     else, loudly, `fallback`. For a second model of one worker (the diarizer), whose failure

@@ -124,3 +124,20 @@ def test_speaker_label_to_user_id():
     assert stt.speaker_user_id("spk1") == "bob"
     assert stt.speaker_user_id("spk2") == "spk2"  # unmapped: the label itself
     assert stt.speaker_user_id(None) == stt._user_id  # a worker without speakers: the transport's user
+
+
+def test_both_models_fall_back_to_the_bundled_ones_when_the_hub_is_out_of_reach(capsys, monkeypatch):
+    """Offline, the production ids cannot be had: each model falls back, loudly, on its own."""
+    from services.streaming_worker import StreamingConfig, load_adapter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asr, diar = multitalker_models()
+    adapter = load_adapter(StreamingConfig(worker="multitalker", fallback_model=asr, diar_fallback_model=diar,
+                                           max_sessions=1))
+    assert (adapter.model_name, adapter.diar_model) == (asr, diar)
+    out = capsys.readouterr().out
+    assert "nvidia/diar_streaming_sortformer_4spk-v2.1 could not be downloaded" in out
+    assert "nvidia/multitalker-parakeet-streaming-0.6b-v1 could not be downloaded" in out
+    assert out.count("NOTE: ") == 2
+    with pytest.raises(Exception):  # without a fallback the diarizer's failure is the error
+        load_adapter(StreamingConfig(worker="multitalker", model=asr, max_sessions=1))
