@@ -86,7 +86,7 @@ async def test_a_conversation_comes_back_as_two_speakers(worker):
     assert all(f.user_id == f.result.speaker for f in interims)
     speakers = {f.user_id for f in transcripts}
     assert len(speakers) >= 2 and speakers <= LABELS, speakers
-    assert {f.user_id for f in interims} >= speakers - {None}, "every speaker's words were interim first"
+    assert len({f.user_id for f in interims}) >= 2, "interim frames come per speaker"
     # spk0 is whoever spoke first: the first final in stream time is spk0's
     assert min(transcripts, key=lambda f: f.result.start).user_id == "spk0"
     # the VAD stop flushed every open speaker; exactly the last final of the flush answers it
