@@ -193,6 +193,7 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         n = len(batch)
         if n:
             batch_rows = np.array(batch, np.int64)
+            self._stepping = batch_rows  # batch row → item index, for `_condition`
             slots = slots_all[batch_rows]
             valid = valid[:n]
             store.samples[slots] += valid
@@ -229,6 +230,7 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         if keep_all:
             length = length - right_pad
         t0 = time.perf_counter()
+        self._condition(self._stepping[rows])
         channel, lookback, cache_len = store.encoder_rows(idx)
         encoded, encoded_len, channel, lookback, cache_len = self.encoder.cache_aware_stream_step(
             processed_signal=signal, processed_signal_length=length, cache_last_channel=channel,
@@ -243,6 +245,10 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         self.seconds["encoder"] += t1 - t0
         self.seconds["decoder"] += time.perf_counter() - t1
         self._account(rows, group_slots, lengths, tokens, frames, confidence, ended, marker)
+
+    def _condition(self, items: np.ndarray) -> None:
+        """Set per-row model inputs besides audio right before an encoder call whose rows are
+        these step items (multitalker: speaker targets)."""
 
     def _account(self, rows, group_slots, lengths, tokens, frames, confidence, ended, marker) -> None:
         """Vectorised utterance bookkeeping for one decoded group; text only for rows with tokens."""

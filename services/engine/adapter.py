@@ -45,10 +45,16 @@ class StepItem:
 
 @dataclass
 class StepOutput:
-    """What one stream produced in one step: finals (utterances that ended) and the partial."""
+    """What one stream produced in one step: finals (utterances that ended, in order) and the
+    partial. A stream with several speakers (multitalker) has one open utterance per speaker:
+    their partials go in `partials`, each event labelled with its `speaker`."""
 
     finals: list[Final] = field(default_factory=list)
     partial: Optional[Partial] = None
+    partials: list[Partial] = field(default_factory=list)
+
+    def all_partials(self) -> list[Partial]:
+        return ([self.partial] if self.partial is not None else []) + self.partials
 
 
 class StreamingAdapter(ABC):

@@ -55,7 +55,7 @@ class Session:
         self._stream_start = 0  # session sample where that stream began
         self._model_samples = 0  # samples that stream has been given, zero pads included
         self._pads: list[tuple[int, int]] = []  # (stream sample where a pad starts, its length)
-        self._last_partial = ""
+        self._last_partial: dict[Optional[str], str] = {}  # speaker → the partial text last sent
 
     # ------------------------------------------------------------------ client side
 
@@ -206,15 +206,15 @@ class Session:
             if not final.text and not answers_finalize:
                 continue
             self.outbox.put_nowait(self._shift(final, from_finalize=answers_finalize))
-            self._last_partial = ""
-        if output and output.partial and not flushed:
-            partial = output.partial
-            if partial.text and partial.text != self._last_partial:
-                self._last_partial = partial.text
-                self.outbox.put_nowait(self._shift(partial))
+            self._last_partial.pop(final.speaker, None)
+        if output and not flushed:
+            for partial in output.all_partials():
+                if partial.text and partial.text != self._last_partial.get(partial.speaker):
+                    self._last_partial[partial.speaker] = partial.text
+                    self.outbox.put_nowait(self._shift(partial))
         if flushed:
             self._flushes.popleft()
-            self._last_partial = ""
+            self._last_partial.clear()
         if stream_ended:
             self.stream_id = None
             if self._closing and not self._flushes:
