@@ -89,11 +89,23 @@ async def test_a_conversation_comes_back_as_two_speakers(worker):
     assert len({f.user_id for f in interims}) >= 2, "interim frames come per speaker"
     # spk0 is whoever spoke first: the first final in stream time is spk0's
     assert min(transcripts, key=lambda f: f.result.start).user_id == "spk0"
-    # the VAD stop flushed every open speaker; exactly the last final of the flush answers it
+
+
+async def test_vad_stop_flushes_every_open_speaker(worker):
+    """Stopped at 2.6 s of conversation 0, while both voices' utterances are open (spk0's ended
+    0.3 s before, under the worker's silence close; spk1 is mid-sentence): the VAD stop's finalize
+    ends both — one final each, the last one answering it (finalized)."""
+    row, samples = conversation(0)
+    stop = 2.6
+    assert [s[2] for s in row["segments"] if s[0] < stop] == [0, 1] and row["segments"][1][1] > stop
+    down, up = await run(service(worker), turn(samples[: int(stop * 16000)]))
+
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    transcripts = finals(down)
+    assert {f.user_id for f in transcripts} == {"spk0", "spk1"}, [(f.user_id, f.text) for f in transcripts]
     answered = [f for f in transcripts if f.result.from_finalize]
-    assert len(answered) <= 1 and all(f.finalized for f in answered)
-    if answered:
-        assert transcripts[-1] is answered[0]
+    assert answered == [transcripts[-1]] and transcripts[-1].finalized
+    assert not any(f.finalized for f in transcripts[:-1])
 
 
 async def test_speaker_names_map_labels_and_change_live(worker):
