@@ -194,6 +194,7 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
             "max_sessions": engine.max_sessions,
             "chunk_ms": adapter.chunk_ms,
             "model_streams": adapter.active_streams(),
+            **({"model_rows": adapter.active_rows()} if hasattr(adapter, "active_rows") else {}),
         }
 
     app = create_app(

@@ -71,7 +71,7 @@ class StreamingDiarizer:
             state = modules.init_streaming_state(max_sessions, async_streaming=True, device=device)
             state.fifo_preds = torch.zeros((max_sessions, modules.fifo_len, self.n_speakers), device=device)
             self.state = {k: self._cast(getattr(state, k)) for k in STATE_FIELDS}
-            self.audio_tail = torch.zeros(max_sessions, self.hop, dtype=self.dtype, device=device)
+            self.audio_tail = torch.zeros(max_sessions, self.hop, dtype=torch.float32, device=device)
             self.features = torch.zeros(max_sessions, n_feat, self.left_features + self.chunk_features,
                                         dtype=self.dtype, device=device)
 
@@ -97,7 +97,7 @@ class StreamingDiarizer:
         n = len(slots)
         idx = torch.from_numpy(slots).to(self.device)
         with torch.inference_mode():
-            audio = audio.to(self.dtype)
+            audio = audio.float()  # the preprocessor computes in float32 whatever the model's dtype
             signal = torch.cat([self.audio_tail.index_select(0, idx), audio], dim=1)
             length = torch.from_numpy(signal.shape[1] - (self.chunk_samples - valid)).to(self.device)
             feats, _ = self.model.preprocessor(input_signal=signal, length=length)

@@ -28,7 +28,9 @@ class FeatureFrontend:
 
     def step(self, store: SlotStore, idx: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor):
         """Features of one chunk per row (`audio` [B, chunk], zero-padded past `valid` samples);
-        returns each row's whole feature buffer [B, F, T] and its right padding in frames."""
+        returns each row's whole feature buffer [B, F, T], its right padding in frames, and the
+        `commit` that stores the rows' new buffers and audio look-back (called once the whole
+        step succeeded, so a failed step leaves them as they were)."""
         signal = torch.cat([store.audio_tail.index_select(0, idx), audio], dim=1)
         length = signal.shape[1] - (self.chunk_samples - valid)
         features, feature_len = self.preprocessor(input_signal=signal, length=length)
@@ -38,6 +40,10 @@ class FeatureFrontend:
         right_pad = (features.shape[2] - feature_len).clamp(min=0)
         old = store.features.index_select(0, idx)
         buffers = torch.cat([old[:, :, self.chunk_frames:], features[:, :, -self.chunk_frames:]], dim=2)
-        store.features.index_copy_(0, idx, buffers)
-        store.audio_tail.index_copy_(0, idx, audio[:, -self.lookback:])
-        return buffers[:, :, -self.buffer_frames:], right_pad
+        tail = audio[:, -self.lookback:]
+
+        def commit() -> None:
+            store.features.index_copy_(0, idx, buffers)
+            store.audio_tail.index_copy_(0, idx, tail)
+
+        return buffers[:, :, -self.buffer_frames:], right_pad, commit

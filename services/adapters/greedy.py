@@ -31,7 +31,8 @@ class BatchedGreedy:
              bias_ids: np.ndarray | None):
         """Decode encoder output [B, D, T] for slots `idx`; returns host arrays
         (lengths [B], tokens [B, L], frames [B, L] since the utterance's decoder began,
-        confidences [B, L])."""
+        confidences [B, L]) and the rows' new decoder state (the caller stores it with
+        `store.put_decoder_rows` once the whole step succeeded)."""
         state = store.decoder_rows(idx)
         multi_ids = None
         if self.computer.per_stream_biasing_enabled:
@@ -39,7 +40,6 @@ class BatchedGreedy:
         hyps, state = self.computer(
             x=encoded.transpose(1, 2), out_len=encoded_len, prev_batched_state=state, multi_biasing_ids=multi_ids
         )
-        store.put_decoder_rows(idx, state)
         lengths, tokens, frames, _, confidence = hyps.get_data_without_blank()
         width = int(tokens.shape[1])
         if confidence is None:
@@ -59,4 +59,4 @@ class BatchedGreedy:
         tokens = host[:, 1 : 1 + used].astype(np.int64)
         frames = host[:, 1 + width : 1 + width + used].astype(np.int64)
         confidence = host[:, 1 + 2 * width : 1 + 2 * width + used]
-        return lengths, tokens, frames, confidence
+        return lengths, tokens, frames, confidence, state

@@ -196,7 +196,6 @@ class VectorisedRNNTAdapter(StreamingAdapter):
             self._stepping = batch_rows  # batch row → item index, for `_condition`
             slots = slots_all[batch_rows]
             valid = valid[:n]
-            store.samples[slots] += valid
             ended = np.zeros(n, bool)
             ended[last_rows] = True
             marker = np.zeros(n, np.int64)
@@ -204,7 +203,9 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                 idx = torch.from_numpy(slots).to(self.device, non_blocking=True)
                 audio_t = self._audio_host[:n].to(self.device, non_blocking=True)
                 t0 = time.perf_counter()
-                buffers, right_pad = self.frontend.step(store, idx, audio_t, torch.from_numpy(valid).to(self.device))
+                buffers, right_pad, commit = self.frontend.step(store, idx, audio_t,
+                                                                torch.from_numpy(valid).to(self.device))
+                commits = [commit]
                 self.seconds["features"] += time.perf_counter() - t0
                 if not last_rows:
                     groups = [(np.arange(n), False)]
@@ -214,13 +215,19 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                     groups = [(np.flatnonzero(~is_last), False), (np.flatnonzero(is_last), True)]
                 for rows, keep_all in groups:
                     if len(rows):
-                        self._decode_group(rows, keep_all, slots, idx, buffers, right_pad, ended, marker)
+                        commits.append(self._decode_group(rows, keep_all, slots, idx, buffers, right_pad, ended,
+                                                          marker))
+                # every model call is done: only now does any stream's state change (atomic step)
+                for commit in commits:
+                    commit()
+            store.samples[slots] += valid
             store.frames[slots] += self.frames_per_chunk
             ended_all[batch_rows] = ended
             marker_all[batch_rows] = marker
         return self._outputs(items, slots_all, ended_all, marker_all)
 
-    def _decode_group(self, rows, keep_all, slots, idx, buffers, right_pad, ended, marker) -> None:
+    def _decode_group(self, rows, keep_all, slots, idx, buffers, right_pad, ended, marker):
+        """Encode and decode one group of rows; returns the `commit` that stores their new state."""
         torch, store = self._torch, self.store
         if len(rows) != len(slots):
             rows_t = torch.from_numpy(rows).to(self.device)
@@ -237,14 +244,19 @@ class VectorisedRNNTAdapter(StreamingAdapter):
             cache_last_time=lookback, cache_last_channel_len=cache_len, keep_all_outputs=keep_all,
             drop_extra_pre_encoded=self.drop_extra,
         )
-        store.put_encoder_rows(idx, channel, lookback, cache_len)
         t1 = time.perf_counter()
         group_slots = slots[rows]
         bias = store.bias_id[group_slots] if self.greedy.computer.per_stream_biasing_enabled else None
-        lengths, tokens, frames, confidence = self.greedy.step(store, idx, encoded, encoded_len, bias)
+        lengths, tokens, frames, confidence, state = self.greedy.step(store, idx, encoded, encoded_len, bias)
         self.seconds["encoder"] += t1 - t0
         self.seconds["decoder"] += time.perf_counter() - t1
-        self._account(rows, group_slots, lengths, tokens, frames, confidence, ended, marker)
+
+        def commit() -> None:
+            store.put_encoder_rows(idx, channel, lookback, cache_len)
+            store.put_decoder_rows(idx, state)
+            self._account(rows, group_slots, lengths, tokens, frames, confidence, ended, marker)
+
+        return commit
 
     def _condition(self, items: np.ndarray) -> None:
         """Set per-row model inputs besides audio right before an encoder call whose rows are

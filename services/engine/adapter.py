@@ -84,7 +84,8 @@ class StreamingAdapter(ABC):
         (e.g. out of memory inside the encoder), the retried rows may see that chunk twice —
         one damaged chunk of transcript for the survivors instead of ending every session
         in the batch. NeMo's multi-stream pipeline (adapters/cache_aware.py) is in this
-        second group; snapshotting its per-row feature buffers would make it exact.
+        second group; the vectorised adapters (vectorised.py, multitalker.py) are in the
+        first: they compute every model call of the step, then write the new state back.
         """
 
     @abstractmethod
