@@ -53,11 +53,11 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auth", action="store_true", help="no token (loopback addresses only)")
 
 
-def _serve_streaming(args) -> None:
-    from .server import drain
-    from .streaming_worker import StreamingConfig, create_streaming_app
+def streaming_config(args):
+    """`nvasr serve <streaming worker>` flags → the worker's StreamingConfig."""
+    from .streaming_worker import StreamingConfig
 
-    cfg = StreamingConfig(
+    return StreamingConfig(
         worker=args.worker,
         model=args.model,
         fallback_model=args.fallback_model,
@@ -74,7 +74,16 @@ def _serve_streaming(args) -> None:
         idle_timeout_s=args.idle_timeout if args.idle_timeout > 0 else None,
         token=resolve_token(args),
         decoder_path=args.decoder_path,
+        **({"speaker_threshold": args.speaker_threshold, "speaker_silence_ms": args.speaker_silence_ms}
+           if args.worker == "multitalker" else {}),
     )
+
+
+def _serve_streaming(args) -> None:
+    from .server import drain
+    from .streaming_worker import create_streaming_app
+
+    cfg = streaming_config(args)
     app = create_streaming_app(cfg)
     # permessage-deflate off: PCM barely compresses (~0.9) and inflating every frame costs the
     # worker 5-30 us per message (benchmarks/ingest.py --deflate); the client's deflate costs more
@@ -237,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--diar-model", help="the streaming diarizer: Hugging Face id or local .nemo "
                            "(default: nvidia/diar_streaming_sortformer_4spk-v2.1)")
             p.add_argument("--diar-fallback-model", help="local .nemo to use, with a warning, if --diar-model cannot be had")
+            p.add_argument("--speaker-threshold", type=float, default=0.5,
+                           help="diarizer probability at which a speaker's utterance opens")
+            p.add_argument("--speaker-silence-ms", type=int, default=640,
+                           help="a speaker quiet this long gets their final (a VAD finalize ends it sooner)")
             p.set_defaults(decoder_path="vectorised")
         else:
             p.add_argument("--decoder-path", choices=["vectorised", "nemo"], default="vectorised",

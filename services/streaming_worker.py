@@ -42,6 +42,8 @@ class StreamingConfig:
     fallback_model: Optional[str] = None  # used, loudly, when `model` cannot be loaded
     diar_model: Optional[str] = None  # multitalker only: the diarizer (a Hugging Face id or a local .nemo)
     diar_fallback_model: Optional[str] = None  # multitalker only: as `fallback_model`, for the diarizer
+    speaker_threshold: float = 0.5  # multitalker: diarizer probability that opens a speaker's utterance
+    speaker_silence_ms: int = 640  # multitalker: a speaker quiet this long gets their final
     device: str = "cpu"
     dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
     chunk_ms: Optional[int] = None
@@ -131,7 +133,8 @@ def _multitalker(cfg: StreamingConfig, model: str) -> StreamingAdapter:
 
     diar_model = _loadable(cfg.diar_model_id, cfg.diar_fallback_model, "diarizer")
     return MultitalkerAdapter(model, diar_model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["multitalker"],
-                              max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp)
+                              max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
+                              speaker_threshold=cfg.speaker_threshold, speaker_silence_ms=cfg.speaker_silence_ms)
 
 
 ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {

@@ -153,3 +153,18 @@ def test_both_models_fall_back_to_the_bundled_ones_when_the_hub_is_out_of_reach(
     assert out.count("NOTE: ") == 2
     with pytest.raises(Exception):  # without a fallback the diarizer's failure is the error
         load_adapter(StreamingConfig(worker="multitalker", model=asr, max_sessions=1))
+
+
+def test_serve_flags_reach_the_adapter():
+    """`nvasr serve multitalker` flags → StreamingConfig → MultitalkerAdapter."""
+    from services.cli import build_parser, streaming_config
+    from services.streaming_worker import load_adapter
+
+    asr, diar = multitalker_models()
+    args = build_parser().parse_args(["serve", "multitalker", "--model", asr, "--diar-model", diar, "--device", "cpu",
+                                      "--chunk-ms", "160", "--max-sessions", "2", "--token", "t",
+                                      "--speaker-threshold", "0.6", "--speaker-silence-ms", "320"])
+    adapter = load_adapter(streaming_config(args))
+    assert (adapter.model_name, adapter.diar_model, adapter.max_streams, adapter.chunk_ms) == (asr, diar, 2, 160)
+    assert adapter.speaker_threshold == 0.6
+    assert adapter.silence_frames == round(320 / adapter.frame_ms) != round(640 / adapter.frame_ms)
