@@ -140,6 +140,7 @@ async def test_a_disconnect_leaves_no_rows_and_no_slots(server):
             break
         await asyncio.sleep(0.05)
     assert state["sessions"] == 0 and state["model_streams"] == 0 and state["model_rows"] == 0, state
+    assert "nvasr_model_rows 0.0" in httpx.get(server.http + "/metrics", headers=AUTH).text
     # and the worker still serves
     events = await session(server, audio[: 32000 * 3])
     assert isinstance(events[-1], Closed) and any(isinstance(e, Final) and e.text for e in events)

@@ -69,6 +69,8 @@ class _EngineCollector:
         e = self.engine
         yield GaugeMetricFamily("nvasr_engine_sessions", "Sessions the engine holds", value=len(e.sessions))
         yield GaugeMetricFamily("nvasr_model_streams", "Streams holding model state", value=e.adapter.active_streams())
+        if hasattr(e.adapter, "active_rows"):  # multitalker: one ASR row per (session, speaker) talking
+            yield GaugeMetricFamily("nvasr_model_rows", "Speaker rows holding ASR state", value=e.adapter.active_rows())
         yield GaugeMetricFamily(
             "nvasr_step_lag_seconds", "Longest wait of a ready chunk for its step (last 1-2 s)", value=e.step_lag()
         )
