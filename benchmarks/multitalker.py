@@ -11,8 +11,7 @@ speakers were talking at once, summed over the batch) and where a step's time go
 ASR), and the step latency by sessions in the step. Audio: the held-out conversations of
 tests/assets/conversations, stream i playing conversation i mod 5 (whole, then the next), fed
 as a backlog — the figure is the worker's capacity, not a real-time run. Default models: the
-bundled tiny ones (tests/assets), tiny_rnnt standing in for the ASR while tiny_multitalker.nemo
-is not there.
+bundled tiny ones (tests/assets).
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ STATS = ("steps", "sessions", "rows", "diarizer_seconds", "asr_seconds")
 
 
 def default_models() -> tuple[str, str]:
-    asr = ROOT / "tests/assets/tiny_multitalker.nemo"
-    return str(asr if asr.exists() else ROOT / "tests/assets/tiny_rnnt.nemo"), str(ROOT / "tests/assets/tiny_sortformer.nemo")
+    return str(ROOT / "tests/assets/tiny_multitalker.nemo"), str(ROOT / "tests/assets/tiny_sortformer.nemo")
 
 
 def conversation_audio(seconds: float, index: int) -> np.ndarray:

@@ -105,11 +105,8 @@ def pause_set() -> list[dict]:
 
 
 def multitalker_models() -> tuple[str, str]:
-    """(ASR, diarizer) for a multitalker worker: the tiny trained models (tools/multitalker), with
-    tiny_rnnt standing in for the ASR while tiny_multitalker.nemo is not there (its rows then
-    transcribe everything they hear: the speaker labels still come from the diarizer)."""
-    asr = ASSETS / "tiny_multitalker.nemo"
-    return str(asr if asr.exists() else ASSETS / "tiny_rnnt.nemo"), str(ASSETS / "tiny_sortformer.nemo")
+    """(ASR, diarizer) of a multitalker worker: the tiny trained models (tools/multitalker)."""
+    return str(ASSETS / "tiny_multitalker.nemo"), str(ASSETS / "tiny_sortformer.nemo")
 
 
 def conversation(index: int) -> tuple[dict, np.ndarray]:
