@@ -42,6 +42,13 @@ DEFAULTS = {
     "NVASR_REALTIME_SESSIONS": "400",
     "NVASR_REALTIME_MIN_CONTAINERS": "0",
     "NVASR_REALTIME_BUFFER_CONTAINERS": "0",
+    "NVASR_MULTITALKER_MODEL": "nvidia/multitalker-parakeet-streaming-0.6b-v1",
+    "NVASR_MULTITALKER_DIAR_MODEL": "nvidia/diar_streaming_sortformer_4spk-v2.1",
+    "NVASR_MULTITALKER_GPU": "H100",  # the diarizer re-encodes its speaker cache every step
+    "NVASR_MULTITALKER_CHUNK_MS": "160",
+    "NVASR_MULTITALKER_SESSIONS": "64",  # each session is up to 4 ASR rows (one per speaker)
+    "NVASR_MULTITALKER_MIN_CONTAINERS": "0",
+    "NVASR_MULTITALKER_BUFFER_CONTAINERS": "0",
     "NVASR_PARAKEET_MODEL": "nvidia/parakeet-tdt-0.6b-v3",
     "NVASR_PARAKEET_MAX_BATCH": "128",
     "NVASR_PARAKEET_INPUTS": "512",  # requests in flight per GPU container
@@ -73,6 +80,11 @@ REALTIME_MODEL = _setting("NVASR_REALTIME_MODEL")
 REALTIME_GPU = _setting("NVASR_REALTIME_GPU")
 REALTIME_CHUNK_MS = _count("NVASR_REALTIME_CHUNK_MS")
 REALTIME_SESSIONS = _count("NVASR_REALTIME_SESSIONS")
+MULTITALKER_MODEL = _setting("NVASR_MULTITALKER_MODEL")
+MULTITALKER_DIAR_MODEL = _setting("NVASR_MULTITALKER_DIAR_MODEL")
+MULTITALKER_GPU = _setting("NVASR_MULTITALKER_GPU")
+MULTITALKER_CHUNK_MS = _count("NVASR_MULTITALKER_CHUNK_MS")
+MULTITALKER_SESSIONS = _count("NVASR_MULTITALKER_SESSIONS")
 PARAKEET_MODEL = _setting("NVASR_PARAKEET_MODEL")
 PARAKEET_MAX_BATCH = _count("NVASR_PARAKEET_MAX_BATCH")
 PARAKEET_INPUTS = _count("NVASR_PARAKEET_INPUTS")
@@ -81,7 +93,7 @@ WARMUP_AUDIO = "/root/assets/demo.wav" if not modal.is_local() else str(Path(__f
 
 
 def _scaling(prefix: str) -> dict:
-    """Warm containers for `prefix` (NEMOTRON, REALTIME, PARAKEET). Each one is billed for
+    """Warm containers for `prefix` (NEMOTRON, REALTIME, MULTITALKER, PARAKEET). Each one is billed for
     as long as it runs, idle or not: see the README's "Cold starts" section."""
     return dict(
         min_containers=_count(f"NVASR_{prefix}_MIN_CONTAINERS") or None,
@@ -121,7 +133,7 @@ image = (
         "huggingface_hub[hf_transfer]",
     )
     .env({"HF_HOME": f"{CACHE_DIR}/hf", "HF_HUB_ENABLE_HF_TRANSFER": "1", "TOKENIZERS_PARALLELISM": "false"})
-    .run_function(download_weights, args=([NEMOTRON_MODEL, PARAKEET_MODEL, REALTIME_MODEL],), volumes={CACHE_DIR: weights})
+    .run_function(download_weights, args=([NEMOTRON_MODEL, PARAKEET_MODEL, REALTIME_MODEL, MULTITALKER_MODEL, MULTITALKER_DIAR_MODEL],), volumes={CACHE_DIR: weights})
     .add_local_file(Path(__file__).parent / "tests/assets/demo.wav", "/root/assets/demo.wav")
     .add_local_dir(Path(__file__).parent / "frontend", "/root/frontend")  # the page at `/`
     .add_local_python_source("services", "pipecat_nvasr")
@@ -208,6 +220,23 @@ class ParakeetRealtime(_StreamingWorker):
         device=DEVICE,
         chunk_ms=REALTIME_CHUNK_MS,
         max_sessions=REALTIME_SESSIONS,
+        max_batch=STREAMING_MAX_BATCH,
+        warmup=False,
+    )
+
+
+@_streaming_cls(MULTITALKER_GPU, MULTITALKER_SESSIONS, _scaling("MULTITALKER"))
+class Multitalker(_StreamingWorker):
+    """Streaming Sortformer diarization driving multitalker Parakeet: speaker-labelled transcripts,
+    every session's diarizer step and every (session, speaker) ASR row batched on one GPU."""
+
+    config = dict(
+        worker="multitalker",
+        model=MULTITALKER_MODEL,
+        diar_model=MULTITALKER_DIAR_MODEL,
+        device=DEVICE,
+        chunk_ms=MULTITALKER_CHUNK_MS,
+        max_sessions=MULTITALKER_SESSIONS,
         max_batch=STREAMING_MAX_BATCH,
         warmup=False,
     )

@@ -81,8 +81,10 @@ def speech_audio(seconds: float, seed: int) -> np.ndarray:
     return np.concatenate(out)[: int(seconds * 16000)]
 
 
-async def run_streams(adapter: StreamingAdapter, audios: list[np.ndarray], concurrent: bool, max_batch: int) -> dict:
-    steps: list[tuple[int, float]] = []
+async def run_streams(adapter: StreamingAdapter, audios: list[np.ndarray], concurrent: bool, max_batch: int,
+                      steps: list[tuple[int, float]] | None = None) -> dict:
+    """`steps` (if given) collects every step's (streams, seconds)."""
+    steps = [] if steps is None else steps
     engine = EngineCore(adapter, max_batch=max_batch, max_buffer_seconds=3600, on_step=lambda b, s: steps.append((b, s)))
     await engine.start()
 
@@ -272,9 +274,11 @@ def throughput_table(adapter: StreamingAdapter, args, results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=["nemotron", "parakeet-realtime"], default="nemotron")
+    parser.add_argument("--worker", choices=["nemotron", "parakeet-realtime", "multitalker"], default="nemotron",
+                        help="multitalker: benchmarks/multitalker.py (conversations; sessions and rows per step)")
     parser.add_argument("--model", help=".nemo file or random:<arch> (default: tests/assets/tiny_rnnt.nemo / "
                         "tiny_eou.nemo); a random: spec runs the streams-per-device ramp")
+    parser.add_argument("--diar-model", help="multitalker: the diarizer .nemo (default: tests/assets/tiny_sortformer.nemo)")
     parser.add_argument("--decoder-path", choices=["vectorised", "nemo", "both"], default="both")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float64 (default: float32; "
@@ -293,6 +297,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.streams, args.seconds = [1, 8, 32], 2.0
+    if args.worker == "multitalker":
+        from multitalker import bench
+
+        results = bench(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+            print(f"wrote {args.json}")
+        return
 
     import torch
 

@@ -1,4 +1,4 @@
-"""Pipecat STT services for NVIDIA Nemotron-Speech / Parakeet workers.
+"""Pipecat STT services for NVIDIA Nemotron-Speech / Parakeet / multitalker workers.
 
 The services are imported lazily, so `import pipecat_nvasr.protocol` (used by the workers)
 never pulls in Pipecat. No torch, no NeMo anywhere in this package.
@@ -9,6 +9,8 @@ _LAZY = {
     "NemotronSTTSettings": "nemotron",
     "ParakeetRealtimeSTTService": "parakeet_realtime",
     "ParakeetRealtimeSTTSettings": "parakeet_realtime",
+    "MultitalkerSTTService": "multitalker",
+    "MultitalkerSTTSettings": "multitalker",
     "NvasrListenSTTService": "_listen_service",
     "NvasrListenSettings": "_listen_service",
     "ParakeetSTTService": "parakeet",

@@ -150,6 +150,7 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
             language=Language.EN,
             url=url or self.default_url,
             boost_phrases=[],
+            **self._store_defaults(),
         )
         if settings is not None:
             store.apply_update(settings)
@@ -170,6 +171,10 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         self.worker_session: Optional[Ready] = None  # the worker's latest `ready` message
         self.sessions_opened = 0
         self.backlog_seconds_sent = 0.0  # audio kept while there was no session, then sent
+
+    def _store_defaults(self) -> dict[str, Any]:
+        """Store-mode values of the fields a subclass's Settings adds."""
+        return {}
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -278,12 +283,15 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         except ValueError:
             return None
 
+    def _speaker_user_id(self, message: Partial | Final) -> str:
+        """The frame's `user_id`: the transport's user; a multitalker service names the speaker."""
+        return self._user_id
+
     async def _on_partial(self, partial: Partial):
         if partial.text:
+            user_id = self._speaker_user_id(partial)
             await self.push_frame(
-                InterimTranscriptionFrame(
-                    partial.text, self._user_id, time_now_iso8601(), self._language(), result=partial
-                )
+                InterimTranscriptionFrame(partial.text, user_id, time_now_iso8601(), self._language(), result=partial)
             )
 
     async def _on_final(self, final: Final):
@@ -294,9 +302,8 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
             # Usage before the transcript, so tracing can attach it to the span it closes.
             await self.emit_stt_usage_metrics()
             language = self._language()
-            await self.push_frame(
-                TranscriptionFrame(final.text, self._user_id, time_now_iso8601(), language, result=final)
-            )
+            user_id = self._speaker_user_id(final)
+            await self.push_frame(TranscriptionFrame(final.text, user_id, time_now_iso8601(), language, result=final))
             await self._trace_transcription(final.text, True, language)
         elif final.from_finalize:
             # The words already went out in an earlier final; report TTFB now.

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Optional
 
-STREAMING_WORKERS = ("nemotron", "parakeet-realtime")
+STREAMING_WORKERS = ("nemotron", "parakeet-realtime", "multitalker")
 
 
 def _is_loopback(host: str) -> bool:
@@ -53,14 +53,16 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auth", action="store_true", help="no token (loopback addresses only)")
 
 
-def _serve_streaming(args) -> None:
-    from .server import drain
-    from .streaming_worker import StreamingConfig, create_streaming_app
+def streaming_config(args):
+    """`nvasr serve <streaming worker>` flags → the worker's StreamingConfig."""
+    from .streaming_worker import StreamingConfig
 
-    cfg = StreamingConfig(
+    return StreamingConfig(
         worker=args.worker,
         model=args.model,
         fallback_model=args.fallback_model,
+        diar_model=getattr(args, "diar_model", None),
+        diar_fallback_model=getattr(args, "diar_fallback_model", None),
         device=args.device,
         dtype=args.dtype,
         chunk_ms=args.chunk_ms,
@@ -72,12 +74,26 @@ def _serve_streaming(args) -> None:
         idle_timeout_s=args.idle_timeout if args.idle_timeout > 0 else None,
         token=resolve_token(args),
         decoder_path=args.decoder_path,
+        **({"speaker_threshold": args.speaker_threshold, "speaker_silence_ms": args.speaker_silence_ms}
+           if args.worker == "multitalker" else {}),
     )
+
+
+def _serve_streaming(args) -> None:
+    from .server import drain
+    from .streaming_worker import create_streaming_app
+
+    cfg = streaming_config(args)
     app = create_streaming_app(cfg)
     # permessage-deflate off: PCM barely compresses (~0.9) and inflating every frame costs the
     # worker 5-30 us per message (benchmarks/ingest.py --deflate); the client's deflate costs more
     drain.serve(app, args.host, args.port, args.drain_seconds, log_level="info", ws=args.ws,
                 ws_max_size=4 * 1024 * 1024, ws_per_message_deflate=args.ws_deflate)
+
+
+def _speaker(event) -> str:
+    """`[spk0] ` before a multitalker worker's transcripts; nothing for the others."""
+    return f"[{event.speaker}] " if event.speaker else ""
 
 
 async def _stream(args) -> int:
@@ -95,10 +111,10 @@ async def _stream(args) -> int:
         status = 0
         async for event in client.events():
             if isinstance(event, Partial) and not args.quiet:
-                print(f"  … {event.text}", flush=True)
+                print(f"  … {_speaker(event)}{event.text}", flush=True)
             elif isinstance(event, Final) and event.text:
                 flags = " [end of turn]" if event.end_of_turn else " [backchannel]" if event.backchannel else ""
-                print(f"[{event.start:7.2f}-{event.end:7.2f}] {event.text}{flags}", flush=True)
+                print(f"[{event.start:7.2f}-{event.end:7.2f}] {_speaker(event)}{event.text}{flags}", flush=True)
             elif isinstance(event, Error):
                 print(f"error {event.code}: {event.message}", file=sys.stderr)
                 status = 1
@@ -224,10 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve_sub = serve.add_subparsers(dest="worker", required=True)
     for worker in STREAMING_WORKERS:
         p = serve_sub.add_parser(worker, help=f"the {worker} streaming worker")
-        p.add_argument("--model", help="Hugging Face id, local .nemo, random:<arch> (random weights), "
-                       "or null (no model: host cost only); default: the production model")
-        p.add_argument("--decoder-path", choices=["vectorised", "nemo"], default="vectorised",
-                       help="vectorised step (default) or NeMo's CacheAwareRNNTPipeline")
+        p.add_argument("--model", help="Hugging Face id, local .nemo, random:<arch> (random weights; not "
+                       "multitalker), or null (no model: host cost only); default: the production model")
+        if worker == "multitalker":
+            p.add_argument("--diar-model", help="the streaming diarizer: Hugging Face id or local .nemo "
+                           "(default: nvidia/diar_streaming_sortformer_4spk-v2.1)")
+            p.add_argument("--diar-fallback-model", help="local .nemo to use, with a warning, if --diar-model cannot be had")
+            p.add_argument("--speaker-threshold", type=float, default=0.5,
+                           help="diarizer probability at which a speaker's utterance opens")
+            p.add_argument("--speaker-silence-ms", type=int, default=640,
+                           help="a speaker quiet this long gets their final (a VAD finalize ends it sooner)")
+            p.set_defaults(decoder_path="vectorised")
+        else:
+            p.add_argument("--decoder-path", choices=["vectorised", "nemo"], default="vectorised",
+                           help="vectorised step (default) or NeMo's CacheAwareRNNTPipeline")
         p.add_argument("--fallback-model", help="local .nemo to use, with a warning, if --model cannot load")
         p.add_argument("--device", default="cuda" if _cuda() else "cpu")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])

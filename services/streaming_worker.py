@@ -6,6 +6,7 @@ of their own. Each worker kind names its default production model and its adapte
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -24,8 +25,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODELS = {
     "nemotron": "nvidia/nemotron-speech-streaming-en-0.6b",
     "parakeet-realtime": "nvidia/parakeet_realtime_eou_120m-v1",
+    "multitalker": "nvidia/multitalker-parakeet-streaming-0.6b-v1",
 }
-DEFAULT_CHUNK_MS = {"nemotron": 160, "parakeet-realtime": 160}
+# the streaming diarizer that tells the multitalker ASR who speaks when
+DEFAULT_DIAR_MODEL = "nvidia/diar_streaming_sortformer_4spk-v2.1"
+DEFAULT_CHUNK_MS = {"nemotron": 160, "parakeet-realtime": 160, "multitalker": 160}
 # "vectorised": services/adapters/vectorised.py (per-stream state in slot tensors, the default);
 # "nemo": NeMo's CacheAwareRNNTPipeline (services/adapters/cache_aware.py), kept for comparison
 DECODER_PATHS = ("vectorised", "nemo")
@@ -36,6 +40,10 @@ class StreamingConfig:
     worker: str = "nemotron"
     model: Optional[str] = None  # a Hugging Face id, a local .nemo path or random:<arch> (random_models.py)
     fallback_model: Optional[str] = None  # used, loudly, when `model` cannot be loaded
+    diar_model: Optional[str] = None  # multitalker only: the diarizer (a Hugging Face id or a local .nemo)
+    diar_fallback_model: Optional[str] = None  # multitalker only: as `fallback_model`, for the diarizer
+    speaker_threshold: float = 0.5  # multitalker: diarizer probability that opens a speaker's utterance
+    speaker_silence_ms: int = 640  # multitalker: a speaker quiet this long gets their final
     device: str = "cpu"
     dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
     chunk_ms: Optional[int] = None
@@ -61,6 +69,10 @@ class StreamingConfig:
     @property
     def model_id(self) -> str:
         return self.model or DEFAULT_MODELS[self.worker]
+
+    @property
+    def diar_model_id(self) -> str:
+        return self.diar_model or DEFAULT_DIAR_MODEL
 
 
 def _dtype(cfg: StreamingConfig) -> str:
@@ -95,9 +107,40 @@ def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
                       device=cfg.device, dtype=_dtype(cfg))
 
 
+@functools.lru_cache(maxsize=None)  # a retry of the build (the ASR's fallback) asks again: warn once
+def _loadable(model_id: str, fallback: Optional[str], what: str) -> str:
+    """`model_id` when its weights can be had (a local file, or fetched into the hub cache),
+    else, loudly, `fallback`. For a second model of one worker (the diarizer), whose failure
+    `load_adapter` cannot tell from the first's."""
+    if not fallback or os.path.exists(model_id):
+        return model_id
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model_id)
+        return model_id
+    except Exception as exc:
+        logger.warning("could not fetch the %s %s (%s: %s); falling back to %s.", what, model_id,
+                       type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", fallback)
+        print(f"NOTE: {what} {model_id} could not be downloaded; using the bundled {fallback} instead.")
+        return fallback
+
+
+def _multitalker(cfg: StreamingConfig, model: str) -> StreamingAdapter:
+    """Streaming Sortformer → multitalker ASR. The diarizer falls back on its own, so a
+    local ASR with a hub diarizer (or the reverse) still gets the bundled half it lacks."""
+    from .adapters.multitalker import MultitalkerAdapter
+
+    diar_model = _loadable(cfg.diar_model_id, cfg.diar_fallback_model, "diarizer")
+    return MultitalkerAdapter(model, diar_model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["multitalker"],
+                              max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
+                              speaker_threshold=cfg.speaker_threshold, speaker_silence_ms=cfg.speaker_silence_ms)
+
+
 ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {
     "nemotron": _cache_aware,
     "parakeet-realtime": _eou,
+    "multitalker": _multitalker,
 }
 
 

@@ -104,6 +104,22 @@ def pause_set() -> list[dict]:
     return clip_set("pause")
 
 
+def multitalker_models() -> tuple[str, str]:
+    """(ASR, diarizer) of a multitalker worker: the tiny trained models (tools/multitalker)."""
+    return str(ASSETS / "tiny_multitalker.nemo"), str(ASSETS / "tiny_sortformer.nemo")
+
+
+def conversation(index: int) -> tuple[dict, np.ndarray]:
+    """A held-out two-voice conversation (tests/assets/conversations): its manifest row, 16 kHz samples."""
+    import soundfile as sf
+
+    folder = ASSETS / "conversations"
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    samples, rate = sf.read(folder / rows[index]["audio_filepath"], dtype="float32")
+    assert rate == 16000
+    return rows[index], samples
+
+
 def noise_audio(seed: int, seconds: float) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)

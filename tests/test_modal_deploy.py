@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, LiveServer, noise_audio, to_pcm16
+from conftest import TOKEN, LiveServer, conversation, multitalker_models, noise_audio, to_pcm16
 
 from pipecat_nvasr.client import ListenClient, stream_pcm
 from pipecat_nvasr.protocol import Closed, Final
@@ -24,6 +24,10 @@ def deploy(tiny_rnnt, tiny_eou, monkeypatch_module):
     monkeypatch_module.setenv("NVASR_REALTIME_SESSIONS", "16")
     monkeypatch_module.setenv("NVASR_DEVICE", "cpu")
     monkeypatch_module.setenv("NVASR_NEMOTRON_SESSIONS", "16")
+    asr, diar = multitalker_models()
+    monkeypatch_module.setenv("NVASR_MULTITALKER_MODEL", asr)
+    monkeypatch_module.setenv("NVASR_MULTITALKER_DIAR_MODEL", diar)
+    monkeypatch_module.setenv("NVASR_MULTITALKER_SESSIONS", "4")
     monkeypatch_module.setenv("NVASR_TOKEN", TOKEN)
     monkeypatch_module.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch_module.delenv("MODAL_TOKEN_SECRET", raising=False)
@@ -81,6 +85,27 @@ async def test_parakeet_realtime_class_serves_the_eou_worker(deploy):
     assert isinstance(events[-1], Closed) and any(isinstance(e, Final) for e in events)
 
 
+async def test_multitalker_class_serves_speaker_labels(deploy):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = deploy.app.registered_functions["Multitalker.*"]._spec_
+    assert spec.gpus == deploy.MULTITALKER_GPU == "H100"
+    asgi = await asyncio.to_thread(lambda: deploy.Multitalker().web.local())
+    assert asgi.state.engine.adapter.__class__.__name__ == "MultitalkerAdapter"
+    assert asgi.state.engine.max_sessions == deploy.MULTITALKER_SESSIONS == 4
+    _, samples = conversation(0)
+    with LiveServer(asgi) as srv:
+        async with ListenClient(srv.ws, token=TOKEN) as client:
+            sender = asyncio.create_task(stream_pcm(client, to_pcm16(samples[: 6 * 16000]), realtime=False))
+            events = [e async for e in client.events()]
+            await sender
+    finals = [e for e in events if isinstance(e, Final) and e.text]
+    assert isinstance(events[-1], Closed) and finals
+    assert {e.speaker for e in finals} >= {"spk0", "spk1"}
+
+
 # What a process that imported modal_deploy.py says it would serve and what it tells Modal.
 REPORT = r"""
 import json, warnings
@@ -98,12 +123,15 @@ def container_env(name):
 
 print(json.dumps({
     "served": {"Nemotron": d.Nemotron.config, "ParakeetRealtime": d.ParakeetRealtime.config,
-               "Parakeet": d.Parakeet.config},
+               "Multitalker": d.Multitalker.config, "Parakeet": d.Parakeet.config},
     "concurrency": {"Nemotron": d.NEMOTRON_SESSIONS, "ParakeetRealtime": d.REALTIME_SESSIONS,
+                    "Multitalker": d.MULTITALKER_SESSIONS,
                     "Parakeet": d.PARAKEET_INPUTS, "ParakeetSegmenter": d.SEGMENTER_SESSIONS},
-    "gpus": {n: d.app.registered_functions[n + ".*"]._spec_.gpus for n in ("Nemotron", "ParakeetRealtime", "Parakeet")},
-    "scaling": {n: getattr(d, "_scaling", lambda p: None)(n) for n in ("NEMOTRON", "REALTIME", "PARAKEET")},
-    "container_env": {n: container_env(n + ".*") for n in ("Nemotron", "ParakeetRealtime", "Parakeet", "ParakeetSegmenter")},
+    "gpus": {n: d.app.registered_functions[n + ".*"]._spec_.gpus
+             for n in ("Nemotron", "ParakeetRealtime", "Multitalker", "Parakeet")},
+    "scaling": {n: getattr(d, "_scaling", lambda p: None)(n) for n in ("NEMOTRON", "REALTIME", "MULTITALKER", "PARAKEET")},
+    "container_env": {n: container_env(n + ".*")
+                      for n in ("Nemotron", "ParakeetRealtime", "Multitalker", "Parakeet", "ParakeetSegmenter")},
 }))
 """
 
@@ -134,6 +162,11 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
         NVASR_STREAMING_MAX_BATCH="32",
         NVASR_PARAKEET_MODEL="nvidia/parakeet-tdt-0.6b-v2",
         NVASR_PARAKEET_MAX_BATCH="64",
+        NVASR_MULTITALKER_DIAR_MODEL=str(tmp_path / "custom-sortformer.nemo"),
+        NVASR_MULTITALKER_GPU="A100-80GB",
+        NVASR_MULTITALKER_CHUNK_MS="80",
+        NVASR_MULTITALKER_SESSIONS="12",
+        NVASR_MULTITALKER_MIN_CONTAINERS="1",
     )
     deployed = _import_report(deploy_env)
     for name, carried in deployed["container_env"].items():
@@ -150,3 +183,12 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
     assert deployed["gpus"]["Nemotron"] == "L40S"
     assert deployed["scaling"]["NEMOTRON"] == {"min_containers": 1, "buffer_containers": 2}
     assert deployed["scaling"]["PARAKEET"] == {"min_containers": None, "buffer_containers": None}
+
+    multitalker = deployed["served"]["Multitalker"]
+    assert multitalker["worker"] == "multitalker"
+    assert multitalker["model"] == "nvidia/multitalker-parakeet-streaming-0.6b-v1"  # the default
+    assert multitalker["diar_model"].endswith("custom-sortformer.nemo") and multitalker["chunk_ms"] == 80
+    assert multitalker["max_sessions"] == deployed["concurrency"]["Multitalker"] == 12
+    assert multitalker["max_batch"] == 32
+    assert deployed["gpus"]["Multitalker"] == "A100-80GB" and deployed["gpus"]["Nemotron"] == "L40S"
+    assert deployed["scaling"]["MULTITALKER"] == {"min_containers": 1, "buffer_containers": None}
