@@ -62,7 +62,7 @@ def errors(ref: str, hyp: str) -> int:
 def test_committed_model_is_a_small_multitalker_model(model):
     assert (ASSETS / "tiny_multitalker.nemo").stat().st_size <= 10_000_000
     assert type(model).__name__ == "EncDecMultiTalkerRNNTBPEModel"
-    assert model.add_bg_spk_kernel and list(model.spk_kernels) == ["0"]
+    assert model.add_bg_spk_kernel and list(model.spk_kernels) == ["0", "1", "2", "3"]  # before every encoder layer
 
 
 def test_held_out_turns_with_oracle_targets(turns, oracle_hyps):

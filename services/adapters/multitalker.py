@@ -4,9 +4,9 @@ One engine stream is one session (a mixed conversation). Per step:
 1. ONE batched diarizer call over every session that brought audio (`diarizer.py`; sessions on
    their first chunk are a second group): speaker probabilities for the chunk's 80 ms frames.
 2. Speaker rows: a (session, speaker) row OPENS when that speaker's probability reaches
-   `speaker_threshold` in the chunk, as a fresh cache-aware ASR stream that starts one chunk
-   EARLIER (the diarizer, with no look-ahead, sees an onset 80-160 ms late: the session's
-   previous chunk is kept for this pre-roll); it CLOSES, emitting its final, once the speaker
+   `speaker_threshold` in the chunk, as a fresh cache-aware ASR stream that starts
+   `preroll_chunks` chunks EARLIER (the diarizer, with no look-ahead, sees an onset 80-160 ms
+   late: the session's last chunks are kept for this pre-roll); it CLOSES, emitting its final, once the speaker
    has been quiet for `speaker_silence_ms`. A session has at most as many rows as the diarizer
    has speaker outputs (4).
 3. ONE batched ASR call over every open row (`_RowASR`: the vectorised cache-aware RNNT step,
@@ -14,8 +14,8 @@ One engine stream is one session (a mixed conversation). Per step:
    speaker targets: this speaker's activity and any other speaker's ("background"), 0/1 per
    encoder frame (probability >= `target_threshold`, lower than the opening threshold so an
    onset's first frames count), set with the model's `set_speaker_targets` (NeMo's
-   speaker-kernel models). Rows opening this step first run their pre-roll chunk, as a group
-   of their own before the main call.
+   speaker-kernel models). Rows opening this step first run their pre-roll chunks, one small
+   group per chunk, before the main call.
 
 Events carry `speaker` ("spk0".."spk3": the diarizer's arrival-ordered output column, stable
 for the session). A client finalize ends every open row's utterance (the rows and their
@@ -70,7 +70,7 @@ class _RowASR(VectorisedRNNTAdapter):
 class MultitalkerAdapter(StreamingAdapter):
     def __init__(self, model: str, diar_model: str, chunk_ms: int = 160, max_streams: int = 64,
                  device: str = "cpu", dtype: str = "float32", amp: bool = False, speaker_threshold: float = 0.5,
-                 speaker_silence_ms: int = 640, target_threshold: float = 0.3,
+                 speaker_silence_ms: int = 640, target_threshold: float = 0.3, preroll_chunks: int = 1,
                  max_rows: Optional[int] = None):
         from .diarizer import StreamingDiarizer
 
@@ -107,9 +107,11 @@ class MultitalkerAdapter(StreamingAdapter):
         self.boost: dict[int, list[BoostPhrase]] = {}
         self._row_ids = itertools.count(1)
         self._audio = np.zeros((max_streams, self.chunk_samples), np.float32)
-        # each session's previous chunk and its target activity: a new row's pre-roll
-        self.prev_audio = np.zeros((max_streams, self.chunk_samples), np.float32)
-        self.prev_active = np.zeros((max_streams, self.frames, n_spk), bool)
+        # each session's last chunks (oldest first) and their target activity: a new row's pre-roll
+        self.preroll = preroll_chunks
+        self.past_audio = np.zeros((max_streams, preroll_chunks, self.chunk_samples), np.float32)
+        self.past_active = np.zeros((max_streams, preroll_chunks, self.frames, n_spk), bool)
+        self.past_count = np.zeros(max_streams, np.int64)  # chunks kept (up to preroll_chunks)
         self.stats = {"steps": 0, "sessions": 0, "rows": 0, "diarizer_seconds": 0.0, "asr_seconds": 0.0}
 
     @property
@@ -152,6 +154,7 @@ class MultitalkerAdapter(StreamingAdapter):
             self.row_id[new_slots] = -1
             self.quiet[new_slots] = 0
             self.samples[new_slots] = 0
+            self.past_count[new_slots] = 0
         # 1. diarize every item that brought audio
         lengths = np.array([len(item.samples) for item in items], np.int64)
         heard = np.flatnonzero(lengths > 0)
@@ -183,13 +186,17 @@ class MultitalkerAdapter(StreamingAdapter):
         for i, k in zip(*np.nonzero(opening)):
             new_ids[i, k] = next(self._row_ids)
         # 3. pre-roll for rows opening mid-session, then one ASR step over every open row
-        had_audio = self.samples[slots] > 0
-        preroll = opening & had_audio[:, None]
-        pre_items, pre_targets = [], []
-        for i, k in zip(*np.nonzero(preroll)):
-            pre_items.append(StepItem(stream_id=int(new_ids[i, k]), samples=self.prev_audio[slots[i]].copy(),
-                                      is_first=True, is_last=False, boost=self.boost.get(int(slots[i]))))
-            pre_targets.append(self._targets(self.prev_active[slots[i]], k))
+        kept = np.minimum(self.past_count[slots], self.preroll)  # chunks of pre-roll each item can give
+        preroll = np.where(opening, kept[:, None], 0)  # [count, n_spk]
+        pre_groups = []  # one ASR call per pre-roll position, oldest first
+        for back in range(int(preroll.max(initial=0)), 0, -1):
+            group = []
+            for i, k in zip(*np.nonzero(preroll >= back)):
+                slot, first = int(slots[i]), bool(preroll[i, k] == back)
+                group.append((StepItem(stream_id=int(new_ids[i, k]), samples=self.past_audio[slot, -back].copy(),
+                                       is_first=first, is_last=False, boost=self.boost.get(slot) if first else None),
+                              self._targets(self.past_active[slot, -back], k)))
+            pre_groups.append(group)
         row_items, owners, row_targets = [], [], []  # owners: (item index, speaker) per row item
         for i, k in zip(*np.nonzero(open_after)):
             item = items[i]
@@ -202,7 +209,8 @@ class MultitalkerAdapter(StreamingAdapter):
             row_targets.append(self._targets(target[i], k))
         pre_outputs, outputs_rows = [], []
         try:
-            pre_outputs = self._asr_step(pre_items, pre_targets)
+            for group in pre_groups:
+                pre_outputs += self._asr_step([g[0] for g in group], [g[1] for g in group])
             outputs_rows = self._asr_step(row_items, row_targets)
         except BaseException:
             for i, k in zip(*np.nonzero(opening)):
@@ -216,13 +224,18 @@ class MultitalkerAdapter(StreamingAdapter):
             self.slot_of[stream_id] = slot
         self.row_id[slots] = np.where(closing, -1, new_ids)
         self.quiet[slots] = quiet
-        started = self.samples[slots][:, None] - np.where(preroll, self.chunk_samples, 0)
+        started = self.samples[slots][:, None] - preroll * self.chunk_samples
         self.row_start[slots] = np.where(opening, started, self.row_start[slots])
         self.samples[slots] += lengths
-        for i in heard.tolist():
-            self.prev_audio[slots[i], : lengths[i]] = items[i].samples
-            self.prev_audio[slots[i], lengths[i]:] = 0.0
-            self.prev_active[slots[i]] = target[i]
+        if self.preroll:
+            for i in heard.tolist():
+                slot = slots[i]
+                self.past_audio[slot] = np.roll(self.past_audio[slot], -1, axis=0)
+                self.past_audio[slot, -1, : lengths[i]] = items[i].samples
+                self.past_audio[slot, -1, lengths[i]:] = 0.0
+                self.past_active[slot] = np.roll(self.past_active[slot], -1, axis=0)
+                self.past_active[slot, -1] = target[i]
+                self.past_count[slot] += 1
         outputs = [StepOutput() for _ in items]
         assert not any(out.finals for out in pre_outputs)  # no row's first chunk is a last one
         for (i, k), out in zip(owners, outputs_rows):
@@ -238,7 +251,7 @@ class MultitalkerAdapter(StreamingAdapter):
                 self._forget(item.stream_id, int(slots[i]))
         self.stats["steps"] += 1
         self.stats["sessions"] += count
-        self.stats["rows"] += len(row_items) + len(pre_items)
+        self.stats["rows"] += len(row_items) + len(pre_outputs)
         self.stats["diarizer_seconds"] += t1 - t0
         self.stats["asr_seconds"] += t2 - t1
         return outputs

@@ -111,10 +111,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--target-threshold", type=float, default=0.3)
+    ap.add_argument("--speaker-silence-ms", type=int, default=640)
+    ap.add_argument("--preroll-chunks", type=int, default=1)
     args = ap.parse_args()
     from services.adapters.multitalker import MultitalkerAdapter
 
-    adapter = MultitalkerAdapter(args.asr, args.diar, max_streams=args.batch)
+    adapter = MultitalkerAdapter(args.asr, args.diar, max_streams=args.batch, target_threshold=args.target_threshold,
+                                 speaker_silence_ms=args.speaker_silence_ms, preroll_chunks=args.preroll_chunks)
     report = {"asr": args.asr, "diar": args.diar, "chunk_ms": adapter.chunk_ms, "sets": {}}
     for name in args.sets:
         began = time.time()

@@ -71,11 +71,14 @@ class Examples:
     empty text, a short target blip and the other voice as background), collated into batches."""
 
     def __init__(self, rows, turns, tok, seed: int, negatives: float = 0.05, flip: float = 0.02,
-                 overlap_repeat: int = 1):
+                 overlap_repeat: int = 1, predicted=None, predicted_share: float = 0.0):
         self.rows, self.turns, self.tok = rows, turns, tok
         self.r = random.Random(seed)
         self.negatives, self.flip = negatives, flip
         self.labels = [labels_array(r) for r in rows]
+        # the worker diarizer's own activity per conversation (diarize_set.py): targets with its real
+        # errors, for `predicted_share` of the crops (turn boundaries and text still come from the truth)
+        self.predicted, self.predicted_share = predicted, predicted_share
         self.ids = [tok.text_to_ids(t.text) for t in turns]
         # turns whose crop holds both voices at once appear overlap_repeat times per epoch
         self.epoch = [k for k, t in enumerate(turns)
@@ -93,11 +96,14 @@ class Examples:
         spk_idx, ids = t.speaker, self.ids[k]
         if r.random() < self.negatives:  # a row the diarizer opened wrongly: say nothing
             spk_idx, ids = 1 - t.speaker, []
-        spk, bg = targets(y, spk_idx, start, stop - start)
-        if not ids:
-            spk[:] = 0
-            spk[: r.randint(1, 3)] = 1
-        spk, bg = jitter(spk, r, self.flip), jitter(bg, r, self.flip)
+        if ids and self.predicted is not None and r.random() < self.predicted_share:
+            spk, bg = targets(self.predicted[str(t.conv)], spk_idx, start, stop - start)
+        else:
+            spk, bg = targets(y, spk_idx, start, stop - start)
+            if not ids:
+                spk[:] = 0
+                spk[: r.randint(1, 3)] = 1
+            spk, bg = jitter(spk, r, self.flip), jitter(bg, r, self.flip)
         with sf.SoundFile(self.rows[t.conv]["audio_filepath"]) as f:
             f.seek(min(start * FRAME, f.frames))
             x = f.read((stop - start) * FRAME, dtype="float32")
@@ -174,6 +180,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--pred-labels", type=Path, default=None,
+                    help="diarize_set.py output: train on the worker diarizer's targets for a share of the crops")
+    ap.add_argument("--pred-share", type=float, default=0.5)
     ap.add_argument("--overlap-repeat", type=int, default=1, help="show turns with overlapping voices N times an epoch")
     a = ap.parse_args()
 
@@ -192,7 +201,9 @@ def main() -> None:
     rows, turns = load_turns(a.work / "train.jsonl")
     ev_rows, ev_turns = load_turns(a.work / "test.jsonl")
     ev_turns = [t for t in ev_turns if t.conv < 15]
-    data = Examples(rows, turns, model.tokenizer, a.seed, overlap_repeat=a.overlap_repeat)
+    predicted = dict(np.load(a.pred_labels)) if a.pred_labels else None
+    data = Examples(rows, turns, model.tokenizer, a.seed, overlap_repeat=a.overlap_repeat, predicted=predicted,
+                    predicted_share=a.pred_share)
     blank = model.decoder.blank_idx
     print(f"{len(turns)} training turns from {len(rows)} conversations; {len(ev_turns)} eval turns; params "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
