@@ -27,11 +27,10 @@ CONV = ASSETS / "conversations"
 ASR = ASSETS / "tiny_multitalker.nemo"
 DIAR = ASSETS / "tiny_sortformer.nemo"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# tests/assets/tiny_multitalker.md: cpWER through this worker is 22.6 % on held-out sentences and
-# 41.4 % with held-out voices too (the 20 % target is NOT met by the tiny models); the five
-# committed conversations (3 + 2 of those) pool to 31.5 %. A model that ignores the speaker targets
-# (tiny_rnnt) scores 54 % here.
-CPWER_LIMIT = 0.40
+# tests/assets/tiny_multitalker.md: cpWER through this worker is 22.6 % on held-out sentences
+# (`test`) and 41.4 % with held-out voices too (`test_voices`); the 20 % target is NOT met by
+# the tiny models. Bounds per set for the few committed conversations: the card's figure + a margin.
+CPWER_LIMIT = {"test": 0.30, "test_voices": 0.55}
 
 
 def manifest() -> list[dict]:
@@ -88,7 +87,7 @@ def health(srv) -> dict:
 
 
 async def test_conversations_come_back_as_speaker_labelled_finals(server):
-    errors = words = 0
+    errors, words = {}, {}
     for row in manifest():
         events = await session(server, pcm(row))
         assert isinstance(events[-1], Closed)
@@ -106,8 +105,11 @@ async def test_conversations_come_back_as_speaker_labelled_finals(server):
             starts = [f.start for f in finals if f.speaker == label]
             assert starts == sorted(starts)
         e, n = cpwer(ref, hyp)
-        errors, words = errors + e, words + n
-    assert errors / words <= CPWER_LIMIT, f"cpWER {errors / words:.1%} over {words} words"
+        errors[row["set"]] = errors.get(row["set"], 0) + e
+        words[row["set"]] = words.get(row["set"], 0) + n
+    rates = {name: errors[name] / words[name] for name in words}
+    assert set(rates) == set(CPWER_LIMIT)
+    assert all(rates[name] <= CPWER_LIMIT[name] for name in rates), f"cpWER {rates}"
 
 
 async def test_eight_concurrent_sessions_do_not_mix(server):
