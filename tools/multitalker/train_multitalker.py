@@ -250,7 +250,7 @@ def main() -> None:
     model.clear_speaker_targets()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
-    info = {"init": a.init.name, "layers": a.layers, "overlap_repeat": a.overlap_repeat, "steps": step, "batch": a.batch, "lr": a.lr,
+    info = {"init": a.init.name, "layers": ",".join(model.spk_kernels), "overlap_repeat": a.overlap_repeat, "steps": step, "batch": a.batch, "lr": a.lr,
             "kernel_lr_mult": a.kernel_lr_mult, "warmup": a.warmup, "seed": a.seed, "threads": a.threads,
             "minutes": round((time.time() - t0) / 60, 1), "turns": len(turns), "curve": curve,
             "size_mb": round(a.out.stat().st_size / 1e6, 2)}
