@@ -5,27 +5,16 @@ slot outlives its stream."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from conftest import ASSETS
+from conftest import conversation, multitalker_models
 
 from services.engine.adapter import StepItem
 
-CONV = ASSETS / "conversations"
-
-
-def asr_model() -> str:
-    trained = ASSETS / "tiny_multitalker.nemo"
-    return str(trained if trained.exists() else ASSETS / "tiny_rnnt.nemo")
-
 
 def conversations() -> list[np.ndarray]:
-    rows = [json.loads(x) for x in (CONV / "manifest.jsonl").read_text().splitlines() if x.strip()]
-    return [sf.read(CONV / r["audio_filepath"], dtype="float32")[0] for r in rows]
+    return [conversation(i)[1] for i in range(5)]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +24,7 @@ def adapter():
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # NeMo's Sortformer state update allocates in the default dtype
     try:
-        yield MultitalkerAdapter(asr_model(), str(ASSETS / "tiny_sortformer.nemo"), max_streams=8, dtype="float64")
+        yield MultitalkerAdapter(*multitalker_models(), max_streams=8, dtype="float64")
     finally:
         torch.set_default_dtype(old)
 

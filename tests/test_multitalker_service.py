@@ -7,6 +7,8 @@ multitalker ASR (tests/assets). Held-out two-voice espeak conversations
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,38 @@ def test_serve_flags_reach_the_adapter():
     assert (adapter.model_name, adapter.diar_model, adapter.max_streams, adapter.chunk_ms) == (asr, diar, 2, 160)
     assert adapter.speaker_threshold == 0.6
     assert adapter.silence_frames == round(320 / adapter.frame_ms) != round(640 / adapter.frame_ms)
+
+
+async def test_a_bot_with_default_vad_loses_no_words_to_its_finalizes(worker):
+    """The user's path: `VADProcessor(SileroVADAnalyzer())` at Pipecat's defaults in front of the
+    service. One microphone, two people: the VAD stops in every gap between turns (and the service
+    finalizes there, ending every open speaker's utterance), yet each speaker's words are what the
+    same pipeline gets when it never finalizes."""
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.processors.audio.vad_processor import VADProcessor
+
+    row, samples = conversation(1)
+
+    async def transcribe(finalize: bool):
+        stt = service(worker)
+        stt.finalize_on_vad_stop = finalize
+        pipeline = Pipeline([VADProcessor(vad_analyzer=SileroVADAnalyzer()), stt])  # Pipecat's defaults
+        down, up = await run_test(pipeline, frames_to_send=audio_frames(samples) + [SleepFrame(sleep=1.0)],
+                                  start_timeout=10, pipeline_params=PipelineParams(audio_in_sample_rate=16000))
+        assert not [f for f in up if isinstance(f, ErrorFrame)]
+        stops = sum(isinstance(f, VADUserStoppedSpeakingFrame) for f in down)
+        by_speaker: dict[str, list[str]] = {}
+        for f in finals(down):
+            by_speaker.setdefault(f.user_id, []).extend(f.text.split())
+        return by_speaker, stops
+
+    (with_finalize, stops), (without, _) = await asyncio.gather(transcribe(True), transcribe(False))
+    assert stops >= 2, "the VAD never stopped between turns: this test would show nothing"
+    assert set(with_finalize) == set(without) and len(with_finalize) == 2
+    for speaker, said in without.items():
+        reference = " ".join(t for _, _, k, t in sorted(row["segments"]) if f"spk{k}" == speaker).split()
+        # finalizing may split a word's pieces across two finals; it must not lose or add words
+        assert edit_distance(reference, with_finalize[speaker]) <= edit_distance(reference, said) + 1, (
+            speaker, with_finalize[speaker], said)

@@ -6,24 +6,18 @@ row or slot behind, and bad input hurts only its sender."""
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 
 import httpx
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from conftest import ASSETS, TOKEN, LiveServer, to_pcm16
+from conftest import ASSETS, TOKEN, LiveServer, conversation, to_pcm16
 
 from pipecat_nvasr.client import ListenClient
 from pipecat_nvasr.protocol import Closed, Error, ErrorCode, Final, Partial
 from services.streaming_worker import StreamingConfig, create_streaming_app
+from tools.multitalker.cpwer import cpwer
 
-sys.path.insert(0, str(ASSETS.parents[1] / "tools" / "multitalker"))
-from cpwer import cpwer  # noqa: E402
-
-CONV = ASSETS / "conversations"
+CONVERSATIONS = 5  # tests/assets/conversations
 ASR = ASSETS / "tiny_multitalker.nemo"
 DIAR = ASSETS / "tiny_sortformer.nemo"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,12 +27,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CPWER_LIMIT = {"test": 0.30, "test_voices": 0.55}
 
 
-def manifest() -> list[dict]:
-    return [json.loads(x) for x in (CONV / "manifest.jsonl").read_text().splitlines() if x.strip()]
-
-
-def pcm(row: dict) -> bytes:
-    return to_pcm16(sf.read(CONV / row["audio_filepath"], dtype="float32")[0])
+def pcm(index: int) -> bytes:
+    return to_pcm16(conversation(index)[1])
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +78,9 @@ def health(srv) -> dict:
 
 async def test_conversations_come_back_as_speaker_labelled_finals(server):
     errors, words = {}, {}
-    for row in manifest():
-        events = await session(server, pcm(row))
+    for index in range(CONVERSATIONS):
+        row = conversation(index)[0]
+        events = await session(server, pcm(index))
         assert isinstance(events[-1], Closed)
         finals = [e for e in events if isinstance(e, Final) and e.text]
         assert {f.speaker for f in finals} <= {"spk0", "spk1", "spk2", "spk3"}
@@ -113,8 +104,7 @@ async def test_conversations_come_back_as_speaker_labelled_finals(server):
 
 
 async def test_eight_concurrent_sessions_do_not_mix(server):
-    rows = manifest()
-    plans = [pcm(rows[i % len(rows)])[: (6 + i % 3) * 32000 + 2 * 977 * i] for i in range(8)]
+    plans = [pcm(i % CONVERSATIONS)[: (6 + i % 3) * 32000 + 2 * 977 * i] for i in range(8)]
     alone = [key(await session(server, audio)) for audio in plans]
     together = await asyncio.gather(*(session(server, audio, realtime=True) for audio in plans))
     for i, events in enumerate(together):
@@ -126,7 +116,7 @@ async def test_eight_concurrent_sessions_do_not_mix(server):
 
 
 async def test_a_disconnect_leaves_no_rows_and_no_slots(server):
-    audio = pcm(manifest()[0])
+    audio = pcm(0)
     clients = []
     for _ in range(3):
         client = await ListenClient(server.ws, token=TOKEN).__aenter__()
@@ -153,11 +143,10 @@ async def test_a_disconnect_leaves_no_rows_and_no_slots(server):
 
 
 async def test_bad_audio_hurts_only_its_sender(server):
-    rows = manifest()
-    bystander_audio = pcm(rows[2])[: 32000 * 6]
+    bystander_audio = pcm(2)[: 32000 * 6]
     alone = key(await session(server, bystander_audio))
     bad, bystander = await asyncio.gather(
-        session(server, pcm(rows[1])[: 32000 * 5], realtime=True, odd_at=10),
+        session(server, pcm(1)[: 32000 * 5], realtime=True, odd_at=10),
         session(server, bystander_audio, realtime=True),
     )
     errors = [e for e in bad if isinstance(e, Error)]

@@ -121,7 +121,6 @@ class MultitalkerAdapter(StreamingAdapter):
     # ------------------------------------------------------------------ engine contract
 
     def step(self, items: list[StepItem]) -> list[StepOutput]:
-        torch = self._torch
         count = len(items)
         slots = np.empty(count, np.int64)
         opened = []
@@ -168,7 +167,8 @@ class MultitalkerAdapter(StreamingAdapter):
                 audio[j, : lengths[i]] = items[i].samples
                 audio[j, lengths[i]:] = 0.0
             first = np.array([items[i].is_first for i in heard.tolist()], bool)
-            probs, commit = self.diar.step(slots[heard], torch.from_numpy(audio.copy()), lengths[heard], first)
+            # `audio` views self._audio, rewritten only by the next step: after this step's commit
+            probs, commit = self.diar.step(slots[heard], torch.from_numpy(audio), lengths[heard], first)
             active[heard] = probs >= self.speaker_threshold
             target[heard] = probs >= self.target_threshold
         t1 = time.perf_counter()
