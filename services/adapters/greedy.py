@@ -9,6 +9,12 @@ tokens leave the device in ONE copy: [B, 3, L] (token, frame, confidence) plus l
 
 Per-stream key-phrase boosting is NeMo's own batched path: each row carries the id of its
 boosting graph in NeMo's multi-model (-1: none) and the graph state lives in the slot.
+
+On CUDA with graphs on, NeMo's computer (`cuda_graphs_impl`) keeps its buffers for the largest
+batch it has seen and returns hypotheses AND decoding state with that many rows: the rows past
+this step's batch are padding (encoder length 0). Its own callers cut them off; so do we —
+exactly the step's rows of every returned tensor, whatever the decoder allocated
+(tests/test_gpu_contracts.py runs NeMo's graph path on CPU to hold this).
 """
 
 from __future__ import annotations
@@ -40,7 +46,11 @@ class BatchedGreedy:
         hyps, state = self.computer(
             x=encoded.transpose(1, 2), out_len=encoded_len, prev_batched_state=state, multi_biasing_ids=multi_ids
         )
+        rows = len(idx)
+        state = _first_rows(state, rows)
         lengths, tokens, frames, _, confidence = hyps.get_data_without_blank()
+        lengths, tokens, frames = lengths[:rows], tokens[:rows], frames[:rows]
+        confidence = confidence[:rows] if confidence is not None else None
         width = int(tokens.shape[1])
         if confidence is None:
             confidence = torch.zeros_like(tokens, dtype=torch.float64)
@@ -60,3 +70,19 @@ class BatchedGreedy:
         frames = host[:, 1 + width : 1 + width + used].astype(np.int64)
         confidence = host[:, 1 + 2 * width : 1 + 2 * width + used]
         return lengths, tokens, frames, confidence, state
+
+
+def _first_rows(state, rows: int):
+    """The decoding state of the step's `rows` only (NeMo's graph path pads it to its allocation)."""
+    if state.labels.shape[0] == rows:
+        return state
+    from dataclasses import replace
+
+    return replace(
+        state,
+        predictor_states=type(state.predictor_states)(s[:, :rows] for s in state.predictor_states),
+        predictor_outputs=state.predictor_outputs[:rows],
+        labels=state.labels[:rows],
+        decoded_lengths=state.decoded_lengths[:rows],
+        fusion_states_list=[f[:rows] for f in state.fusion_states_list],
+    )
