@@ -165,7 +165,10 @@ class _StreamingWorker:
         from services.streaming_worker import StreamingConfig, create_streaming_app
 
         cfg = StreamingConfig(**self.config, token=os.environ["NVASR_TOKEN"])
-        self.asgi = create_streaming_app(cfg, adapter=self.adapter)
+        from services.server.drain import exit_process_soon
+
+        # a dead engine ends the container: Modal starts a fresh one instead of routing callers here
+        self.asgi = create_streaming_app(cfg, adapter=self.adapter, on_dead=exit_process_soon)
 
     @modal.asgi_app()
     def web(self):

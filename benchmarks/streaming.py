@@ -7,7 +7,8 @@ at a time, on the same model, in the same run; and the adapter's host cost per s
     python benchmarks/streaming.py --model random:nemotron-0.6b --device cuda   # streams per GPU
 
 Both decoder paths run in the same process (`--decoder-path both`, the default): `vectorised`
-(services/adapters/vectorised.py) and `nemo` (NeMo's CacheAwareRNNTPipeline). For each, the
+(services/adapters/vectorised.py, what the workers serve) and `nemo` (NeMo's CacheAwareRNNTPipeline,
+the test reference in tests/reference/, as the baseline). For each, the
 host cost: step p50 of N streams stepping full chunks on `random:minimal` (a model with next
 to no compute) at N = 64 and 256, giving `marginal_us_per_stream_step` = (p50(256) - p50(64)) / 192
 and `fixed_ms_per_step` (the intercept); for the vectorised path also the same two figures for
@@ -57,7 +58,10 @@ class NullAdapter(StreamingAdapter):
         self.chunk_samples = chunk_samples
         self.max_streams = max_streams
 
-    def step(self, items: list[StepItem]) -> list[StepOutput]:
+    def prepare(self, items: list[StepItem]) -> list[StepItem]:
+        return items
+
+    def commit(self, items: list[StepItem]) -> list[StepOutput]:
         return [StepOutput() for _ in items]
 
     def release(self, stream_id: int) -> None:
@@ -122,8 +126,20 @@ def load_adapter(model: str, chunk_ms: int, max_streams: int, worker: str = "nem
                  ) -> StreamingAdapter:
     from services.streaming_worker import StreamingConfig, load_adapter as worker_adapter
 
+    if path == "nemo":  # the reference path (tests/reference/): NeMo's own pipeline, as the baseline
+        import sys
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from reference.cache_aware import CacheAwareRNNTAdapter
+        from reference.eou import EOUAdapter
+
+        from services.random_models import nemo_path
+
+        cls = EOUAdapter if worker == "parakeet-realtime" else CacheAwareRNNTAdapter
+        return cls(nemo_path(model, eou=worker == "parakeet-realtime"), chunk_ms=chunk_ms, max_streams=max_streams,
+                   device=device, dtype=dtype)
     cfg = StreamingConfig(worker=worker, model=model, device=device, dtype=dtype, chunk_ms=chunk_ms,
-                          max_sessions=max_streams, decoder_path=path, amp=amp, boosting=boosting)
+                          max_sessions=max_streams, amp=amp, boosting=boosting)
     return worker_adapter(cfg)
 
 

@@ -14,6 +14,7 @@ ERROR_CATEGORIES = {
     ErrorCode.UNAUTHORIZED: ErrorCategory.AUTHENTICATION,
     ErrorCode.OVERLOADED: ErrorCategory.RATE_LIMIT,  # retry later or elsewhere
     ErrorCode.INTERNAL: ErrorCategory.SERVER,
+    ErrorCode.UNAVAILABLE: ErrorCategory.SERVER,  # that worker died; another takes the session
     ErrorCode.BAD_AUDIO: ErrorCategory.APPLICATION,
     ErrorCode.BAD_MESSAGE: ErrorCategory.APPLICATION,
 }

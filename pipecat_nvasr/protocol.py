@@ -26,8 +26,9 @@ class ErrorCode:
     OVERLOADED = "overloaded"
     INTERNAL = "internal"
     TIMEOUT = "timeout"  # the client sent nothing for the worker's idle timeout
+    UNAVAILABLE = "unavailable"  # the worker failed as a whole and is being replaced: connect again
 
-    ALL = (BAD_AUDIO, BAD_MESSAGE, UNAUTHORIZED, OVERLOADED, INTERNAL, TIMEOUT)
+    ALL = (BAD_AUDIO, BAD_MESSAGE, UNAUTHORIZED, OVERLOADED, INTERNAL, TIMEOUT, UNAVAILABLE)
 
 
 class CloseCode:

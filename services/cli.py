@@ -73,7 +73,8 @@ def streaming_config(args):
         shed_lag_s=None if args.admit_lag_ms <= 0 else 2.0,
         idle_timeout_s=args.idle_timeout if args.idle_timeout > 0 else None,
         token=resolve_token(args),
-        decoder_path=args.decoder_path,
+        max_utterance_s=args.max_utterance_s if args.max_utterance_s > 0 else None,
+        endpoint_silence_ms=getattr(args, "endpoint_silence_ms", None),
         **({"speaker_threshold": args.speaker_threshold, "speaker_silence_ms": args.speaker_silence_ms}
            if args.worker == "multitalker" else {}),
     )
@@ -250,10 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="diarizer probability at which a speaker's utterance opens")
             p.add_argument("--speaker-silence-ms", type=int, default=640,
                            help="a speaker quiet this long gets their final (a VAD finalize ends it sooner)")
-            p.set_defaults(decoder_path="vectorised")
         else:
-            p.add_argument("--decoder-path", choices=["vectorised", "nemo"], default="vectorised",
-                           help="vectorised step (default) or NeMo's CacheAwareRNNTPipeline")
+            p.add_argument("--endpoint-silence-ms", type=int,
+                           help="blank run after an utterance's last word that ends it (default: 720; "
+                                "parakeet-realtime: 1500, a backstop behind its <EOU>; 0: off)")
+        p.add_argument("--max-utterance-s", type=float, default=30.0,
+                       help="an utterance running longer is cut before its last word (0: no limit)")
         p.add_argument("--fallback-model", help="local .nemo to use, with a warning, if --model cannot load")
         p.add_argument("--device", default="cuda" if _cuda() else "cpu")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])

@@ -30,9 +30,6 @@ DEFAULT_MODELS = {
 # the streaming diarizer that tells the multitalker ASR who speaks when
 DEFAULT_DIAR_MODEL = "nvidia/diar_streaming_sortformer_4spk-v2.1"
 DEFAULT_CHUNK_MS = {"nemotron": 160, "parakeet-realtime": 160, "multitalker": 160}
-# "vectorised": services/adapters/vectorised.py (per-stream state in slot tensors, the default);
-# "nemo": NeMo's CacheAwareRNNTPipeline (services/adapters/cache_aware.py), kept for comparison
-DECODER_PATHS = ("vectorised", "nemo")
 
 
 @dataclass
@@ -58,13 +55,12 @@ class StreamingConfig:
     finalize_wait_ms: Optional[int] = None
     token: Optional[str] = None
     warmup: bool = True
-    decoder_path: str = "vectorised"
-    amp: bool = False  # vectorised path: float32 weights under bfloat16 autocast
-    boosting: bool = True  # vectorised path: per-stream key phrases (off: NeMo's CUDA-graph decoder)
-
-    def __post_init__(self) -> None:
-        if self.decoder_path not in DECODER_PATHS:
-            raise ValueError(f"decoder_path must be one of {DECODER_PATHS}, not {self.decoder_path!r}")
+    amp: bool = False  # float32 weights under bfloat16 autocast
+    boosting: bool = True  # per-stream key phrases
+    max_utterance_s: Optional[float] = 30.0  # an utterance running longer is cut before its last word
+    # blank run after an utterance's last token that ends it (None: the worker's default — 720 ms
+    # for nemotron; 1500 ms for parakeet-realtime, a backstop behind its <EOU>; 0: off)
+    endpoint_silence_ms: Optional[int] = None
 
     @property
     def model_id(self) -> str:
@@ -79,32 +75,27 @@ def _dtype(cfg: StreamingConfig) -> str:
     return cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") and not cfg.amp else "float32")
 
 
+def _utterance_bounds(cfg: StreamingConfig) -> dict:
+    bounds = {"max_utterance_s": cfg.max_utterance_s}
+    if cfg.endpoint_silence_ms is not None:
+        bounds["endpoint_silence_ms"] = cfg.endpoint_silence_ms
+    return bounds
+
+
 def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
-    chunk_ms = cfg.chunk_ms or DEFAULT_CHUNK_MS.get(cfg.worker, 160)
-    if cfg.decoder_path == "vectorised":
-        from .adapters.vectorised import VectorisedRNNTAdapter
+    from .adapters.vectorised import VectorisedRNNTAdapter
 
-        return VectorisedRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
-                                     dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting)
-    from .adapters.cache_aware import CacheAwareRNNTAdapter
-    from .random_models import nemo_path
-
-    return CacheAwareRNNTAdapter(nemo_path(model), chunk_ms=chunk_ms, max_streams=cfg.max_sessions,
-                                 device=cfg.device, dtype=_dtype(cfg))
+    return VectorisedRNNTAdapter(model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["nemotron"],
+                                 max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
+                                 boosting=cfg.boosting, **_utterance_bounds(cfg))
 
 
 def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
-    chunk_ms = cfg.chunk_ms or DEFAULT_CHUNK_MS["parakeet-realtime"]
-    if cfg.decoder_path == "vectorised":
-        from .adapters.vectorised_eou import VectorisedEOUAdapter
+    from .adapters.vectorised_eou import VectorisedEOUAdapter
 
-        return VectorisedEOUAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
-                                    dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting)
-    from .adapters.eou import EOUAdapter
-    from .random_models import nemo_path
-
-    return EOUAdapter(nemo_path(model, eou=True), chunk_ms=chunk_ms, max_streams=cfg.max_sessions,
-                      device=cfg.device, dtype=_dtype(cfg))
+    return VectorisedEOUAdapter(model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["parakeet-realtime"],
+                                max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
+                                boosting=cfg.boosting, **_utterance_bounds(cfg))
 
 
 @functools.lru_cache(maxsize=None)  # a retry of the build (the ASR's fallback) asks again: warn once
@@ -170,7 +161,10 @@ def load_adapter(cfg: StreamingConfig) -> StreamingAdapter:
         return build(cfg, cfg.fallback_model)
 
 
-def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapter] = None) -> FastAPI:
+def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapter] = None,
+                         on_dead: Optional[Callable[[str], None]] = None) -> FastAPI:
+    """The worker's app. `on_dead(reason)` runs once if its engine can no longer serve (the CLI
+    and the Modal shells end the process, so the orchestrator replaces it)."""
     adapter = adapter or load_adapter(cfg)
     metrics = Metrics(cfg.worker)
     engine = EngineCore(
@@ -184,6 +178,8 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         shed_lag=cfg.shed_lag_s,
     )
     metrics.watch_engine(engine)
+    if on_dead is not None:
+        engine.on_dead.append(on_dead)
     adapter.on_eou = metrics.eou_latency.observe  # adapters whose model ends utterances
 
     async def start() -> None:

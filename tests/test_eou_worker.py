@@ -115,7 +115,7 @@ async def test_markers_end_utterances_and_never_reach_the_text(server):
 
 
 async def test_eou_resets_the_decoder_but_keeps_the_encoder_cache(chatty_eou):
-    from services.adapters.eou import EOUAdapter
+    from reference.eou import EOUAdapter
     from services.engine.adapter import StepItem
 
     adapter = EOUAdapter(str(chatty_eou), chunk_ms=160, max_streams=4, dtype="float64")
@@ -188,7 +188,7 @@ def trained_eou():
 def test_trained_model_ends_each_utterance_once_with_low_latency(trained_eou, eou_set, chunk_ms):
     """Each true utterance is ended by exactly one `<EOU>`, soon after its speech ends, and
     by nothing else: no `<EOU>` in the middle of an utterance, none in the silence."""
-    from services.adapters.eou import EOUAdapter
+    from reference.eou import EOUAdapter
     from test_nemotron_service import word_accuracy
 
     adapter = EOUAdapter(str(trained_eou), chunk_ms=chunk_ms, max_streams=4)
@@ -215,7 +215,7 @@ def test_trained_model_ends_each_utterance_once_with_low_latency(trained_eou, eo
 def test_trained_model_waits_out_a_mid_sentence_pause(trained_eou, pause_set, chunk_ms):
     """A 150-300 ms pause inside a sentence does not end the turn: each clip comes back as one
     final, ended by `<EOU>` after its last word, holding the words from both sides of the pause."""
-    from services.adapters.eou import EOUAdapter
+    from reference.eou import EOUAdapter
     from test_nemotron_service import word_accuracy
 
     adapter = EOUAdapter(str(trained_eou), chunk_ms=chunk_ms, max_streams=4)
@@ -237,7 +237,7 @@ def test_trained_model_waits_out_a_mid_sentence_pause(trained_eou, pause_set, ch
 
 def test_a_marker_in_the_last_chunk_still_flags_the_final(chatty_eou):
     """NeMo drops a stream's state inside its last step; the marker must survive that."""
-    from services.adapters.eou import EOUAdapter
+    from reference.eou import EOUAdapter
     from services.engine.adapter import StepItem
 
     adapter = EOUAdapter(str(chatty_eou), chunk_ms=160, max_streams=4, dtype="float64")
@@ -263,7 +263,7 @@ def test_a_marker_in_the_last_chunk_still_flags_the_final(chatty_eou):
 
 def test_80ms_chunks_keep_the_trained_context_and_batch_exactly(chatty_eou):
     """80 ms steps shift the model's [70,1] context by one frame; batched == alone."""
-    from services.adapters.eou import EOUAdapter
+    from reference.eou import EOUAdapter
     from services.engine.adapter import StepItem
 
     adapter = EOUAdapter(str(chatty_eou), chunk_ms=80, max_streams=4, dtype="float64")

@@ -97,8 +97,8 @@ class ChattyAdapter(NullAdapter):
         self.steps: dict[int, int] = {}
         self.events = 0
 
-    def step(self, items):
-        super().step(items)
+    def commit(self, items):
+        super().commit(items)
         outputs = []
         for item in items:
             n = self.steps[item.stream_id] = self.steps.get(item.stream_id, 0) + 1

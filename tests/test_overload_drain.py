@@ -31,9 +31,9 @@ FINALIZE = frame(OP_TEXT, b'{"type":"finalize"}')
 class SlowAdapter(NullAdapter):
     """A model that needs 6 ms per stream per step: about 26 real-time streams at 160 ms chunks."""
 
-    def step(self, items):
+    def prepare(self, items):
         time.sleep(0.006 * len(items))
-        return super().step(items)
+        return super().prepare(items)
 
 
 class Caller:

@@ -78,7 +78,7 @@ def clip_streams(clips, n):
 
 @pytest.fixture(scope="module")
 def rnnt_pair(trained_rnnt):
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from reference.cache_aware import CacheAwareRNNTAdapter
     from services.adapters.vectorised import VectorisedRNNTAdapter
 
     old = CacheAwareRNNTAdapter(str(trained_rnnt), chunk_ms=160, max_streams=8, dtype="float64")
@@ -150,7 +150,7 @@ def test_slots_are_freed_and_a_reused_slot_starts_clean(tiny_rnnt):
     assert adapter.active_streams() == 2
     adapter.release(1)
     adapter.step([StepItem(2, noise_audio(9, 0.05), False, True)])
-    assert adapter.active_streams() == 0 and not adapter._boost_cfg
+    assert adapter.active_streams() == 0 and not adapter.boosting.by_slot
     assert run(adapter, steps) == fresh  # recycled slots: no state from earlier streams
     with pytest.raises(RuntimeError):
         adapter.step([StepItem(sid, np.zeros(n, np.float32), True, False) for sid in (7, 8, 9)])
@@ -159,7 +159,7 @@ def test_slots_are_freed_and_a_reused_slot_starts_clean(tiny_rnnt):
 def test_boosting_per_stream_equals_nemo_path(tiny_rnnt):
     """Key phrases at the start and changed mid-stream: the boosted rows lean to their phrase,
     the unboosted neighbour is untouched, and everything equals NeMo's path."""
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from reference.cache_aware import CacheAwareRNNTAdapter
     from services.adapters.vectorised import VectorisedRNNTAdapter
 
     new = VectorisedRNNTAdapter(str(tiny_rnnt), chunk_ms=160, max_streams=4, dtype="float64")
@@ -176,7 +176,7 @@ def test_boosting_per_stream_equals_nemo_path(tiny_rnnt):
     assert text(boosted[0]) == text(plain[0])
     assert "pizza" in text(boosted[1]) and text(boosted[1]) != text(plain[1])
     assert "pizza" in text(boosted[2]) and text(boosted[2]) != text(plain[2])
-    assert new.active_streams() == 0 and not new._boost_cfg
+    assert new.active_streams() == 0 and not new.boosting.by_slot
     old = CacheAwareRNNTAdapter(str(tiny_rnnt), chunk_ms=160, max_streams=4, dtype="float64")
     assert run(old, steps, boost=boost, boost_later=later) == boosted
 
@@ -188,7 +188,7 @@ def test_eou_new_path_equals_nemo_path(chunk_ms, eou_set, pause_set, tmp_path):
     from test_eou_worker import save_chatty_eou_model
 
     from conftest import ASSETS
-    from services.adapters.eou import EOUAdapter
+    from reference.eou import EOUAdapter
     from services.adapters.vectorised_eou import VectorisedEOUAdapter
 
     chatty = save_chatty_eou_model(tmp_path / "chatty.nemo", tmp_path / "tok")
@@ -210,18 +210,17 @@ def test_eou_new_path_equals_nemo_path(chunk_ms, eou_set, pause_set, tmp_path):
         assert new.active_streams() == 0
 
 
-def test_random_specs_load_on_both_paths():
+def test_random_specs_equal_the_reference_path():
+    from reference.cache_aware import CacheAwareRNNTAdapter
+
+    from services.random_models import nemo_path
     from services.streaming_worker import StreamingConfig, load_adapter
 
-    outputs = []
-    for path in ("vectorised", "nemo"):
-        adapter = load_adapter(StreamingConfig(model="random:minimal", decoder_path=path, dtype="float64",
-                                               max_sessions=4, chunk_ms=160))
-        audio = noise_audio(3, 0.8)
-        outputs.append(run(adapter, schedule([audio], adapter.chunk_samples, joins=[0])))
+    served = load_adapter(StreamingConfig(model="random:minimal", dtype="float64", max_sessions=4, chunk_ms=160))
+    reference = CacheAwareRNNTAdapter(nemo_path("random:minimal"), chunk_ms=160, max_streams=4, dtype="float64")
+    audio = noise_audio(3, 0.8)
+    outputs = [run(a, schedule([audio], a.chunk_samples, joins=[0])) for a in (served, reference)]
     assert outputs[0] == outputs[1]
-    with pytest.raises(ValueError):
-        StreamingConfig(decoder_path="fast")
 
 
 def test_benchmark_host_cost_and_ramp_run_on_cpu():
@@ -260,7 +259,7 @@ async def test_through_the_engine_batched_equals_alone(tiny_rnnt):
 @pytest.mark.parametrize("chunk_ms", [80, 560, 1120])
 def test_other_chunk_sizes_equal_nemo_path(chunk_ms):
     """Nemotron's other lookaheads ([70,0], [70,6], [70,13]) on a random model that writes many tokens."""
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
+    from reference.cache_aware import CacheAwareRNNTAdapter
     from services.adapters.vectorised import VectorisedRNNTAdapter
     from services.random_models import nemo_path
 
@@ -273,26 +272,26 @@ def test_other_chunk_sizes_equal_nemo_path(chunk_ms):
     assert any(o.finals for outs in got.values() for o in outs)
 
 
-@pytest.mark.parametrize("path", ["vectorised", "nemo"])
-async def test_serve_nemotron_with_a_random_spec(path):
-    """`nvasr serve nemotron --model random:minimal [--decoder-path nemo]`: the flags reach the worker
+async def test_serve_nemotron_with_a_random_spec():
+    """`nvasr serve nemotron --model random:minimal --max-utterance-s 12`: the flags reach the worker
     config, and a real WebSocket session through it comes back closed with its finals."""
     from conftest import TOKEN, LiveServer, to_pcm16
     from test_eou_worker import session
 
     from pipecat_nvasr.protocol import Closed
-    from services.cli import build_parser
-    from services.streaming_worker import StreamingConfig, create_streaming_app
+    from services.cli import build_parser, streaming_config
+    from services.streaming_worker import create_streaming_app
 
-    argv = ["serve", "nemotron", "--model", "random:minimal", "--device", "cpu"]
-    args = build_parser().parse_args(argv + (["--decoder-path", path] if path == "nemo" else []))
-    assert args.decoder_path == path
-    cfg = StreamingConfig(model=args.model, device=args.device, decoder_path=args.decoder_path, token=TOKEN,
-                          max_sessions=4)
+    args = build_parser().parse_args(["serve", "nemotron", "--model", "random:minimal", "--device", "cpu",
+                                      "--max-utterance-s", "12", "--endpoint-silence-ms", "400", "--token", TOKEN,
+                                      "--max-sessions", "4"])
+    cfg = streaming_config(args)
+    assert (cfg.max_utterance_s, cfg.endpoint_silence_ms) == (12.0, 400)
     app = create_streaming_app(cfg)
     with LiveServer(app) as srv:
         events = await session(srv, [to_pcm16(noise_audio(1, 1.0))])
     assert isinstance(events[-1], Closed)
     adapter = app.state.engine.adapter
-    assert type(adapter).__name__ == ("VectorisedRNNTAdapter" if path == "vectorised" else "CacheAwareRNNTAdapter")
+    assert type(adapter).__name__ == "VectorisedRNNTAdapter"
+    assert adapter.endpoint_silence_ms == 400 and adapter.max_utterance_frames == 150
     assert adapter.active_streams() == 0

@@ -120,7 +120,10 @@ class MultitalkerAdapter(StreamingAdapter):
 
     # ------------------------------------------------------------------ engine contract
 
-    def step(self, items: list[StepItem]) -> list[StepOutput]:
+    def prepare(self, items: list[StepItem]) -> list[StepOutput]:
+        """The whole multitalker step. It computes every model call first and writes state only
+        after all of them returned (a failed step changes nothing), but inside this one call;
+        `commit` hands the outputs over. (Split into prepare/commit proper: issue 22's rework.)"""
         count = len(items)
         slots = np.empty(count, np.int64)
         opened = []
@@ -256,6 +259,9 @@ class MultitalkerAdapter(StreamingAdapter):
         self.stats["asr_seconds"] += t2 - t1
         return outputs
 
+    def commit(self, outputs: list[StepOutput]) -> list[StepOutput]:
+        return outputs
+
     @staticmethod
     def _targets(active: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Speaker k's and everyone else's activity [frames] from a chunk's [frames, speakers]."""
@@ -272,6 +278,9 @@ class MultitalkerAdapter(StreamingAdapter):
             self.asr.targets = None
             if self.asr.conditioned:
                 self.asr.wrapper.asr_model.clear_speaker_targets()
+
+    def compile_boost(self, phrases) -> None:
+        self.asr.compile_boost(phrases)
 
     def release(self, stream_id: int) -> None:
         slot = self.slot_of.get(stream_id)

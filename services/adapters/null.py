@@ -20,7 +20,10 @@ class NullAdapter(StreamingAdapter):
         self.max_streams = max_streams
         self._streams: set[int] = set()
 
-    def step(self, items: list[StepItem]) -> list[StepOutput]:
+    def prepare(self, items: list[StepItem]) -> list[StepItem]:
+        return items
+
+    def commit(self, items: list[StepItem]) -> list[StepOutput]:
         for item in items:
             if item.is_last:
                 self._streams.discard(item.stream_id)

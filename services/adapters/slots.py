@@ -14,6 +14,8 @@ blank frames since the last token, tokens in the utterance, split by a finalize,
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -25,7 +27,6 @@ class SlotStore:
         self.device = device
         self.slot_of: dict[int, int] = {}  # stream id → slot
         self._free = list(range(num_slots - 1, -1, -1))
-        self._opened: list[int] = []  # slots opened, device rows not yet reset
         with torch.inference_mode():
             self.cache_channel, self.cache_time, self.cache_len = encoder.get_initial_cache_state(
                 batch_size=num_slots, dtype=dtype, device=device
@@ -56,29 +57,26 @@ class SlotStore:
     def __len__(self) -> int:
         return len(self.slot_of)
 
-    def open(self, stream_id: int) -> int:
-        """A slot for a new stream; its rows are zeroed (caches, audio look-back, features: the
-        zero fill of training) and its decoder set to <SOS> by `reset_opened`, once per step."""
+    def free_slots(self, count: int) -> list[int]:
+        """The slots the next `count` new streams will take, in order (nothing is taken yet)."""
+        if count > len(self._free):
+            raise RuntimeError(f"all {self.num_slots} model slots are in use")
+        return self._free[len(self._free) - count:][::-1]
+
+    def take(self, stream_id: int, slot: int) -> None:
+        """Give a free slot to a new stream. Free slots hold a fresh stream's state already."""
         if stream_id in self.slot_of:  # a stream id reused without a release: start it over
             self.close(stream_id)
-        if not self._free:
-            raise RuntimeError(f"all {self.num_slots} model slots are in use")
-        slot = self._free.pop()
+        self._free.remove(slot)
         self.slot_of[stream_id] = slot
-        self._opened.append(slot)
-        for array in (self.samples, self.frames, self.utt_offset, self.silent, self.utt_tokens):
-            array[slot] = 0
-        self.utt_start[slot] = 0.0
-        self.split[slot] = False
-        self.bias_id[slot] = -1
-        return slot
 
-    def reset_opened(self) -> None:
-        """Zero the device rows of every slot opened since the last call, in one go."""
-        if not self._opened:
-            return
-        idx = torch.tensor(self._opened).to(self.device, non_blocking=True)
-        self._opened = []
+    def close(self, stream_id: int) -> Optional[int]:
+        """Free a stream's slot, resetting its rows to a fresh stream's: zero caches, audio
+        look-back and features (the zero fill of training), the decoder at <SOS>, zero counters."""
+        slot = self.slot_of.pop(stream_id, None)
+        if slot is None:
+            return None
+        idx = torch.tensor([slot]).to(self.device, non_blocking=True)
         with torch.inference_mode():
             self.cache_channel.index_fill_(1, idx, 0.0)
             self.cache_time.index_fill_(1, idx, 0.0)
@@ -86,11 +84,12 @@ class SlotStore:
             self.audio_tail.index_fill_(0, idx, 0.0)
             self.features.index_fill_(0, idx, 0.0)
         self.restart_decoder(idx)
-
-    def close(self, stream_id: int) -> int | None:
-        slot = self.slot_of.pop(stream_id, None)
-        if slot is not None:
-            self._free.append(slot)
+        for array in (self.samples, self.frames, self.utt_offset, self.silent, self.utt_tokens):
+            array[slot] = 0
+        self.utt_start[slot] = 0.0
+        self.split[slot] = False
+        self.bias_id[slot] = -1
+        self._free.append(slot)
         return slot
 
     def restart_decoder(self, idx: torch.Tensor) -> None:

@@ -1,19 +1,23 @@
 """Cache-aware FastConformer-RNNT streaming with a vectorised step (Nemotron, Parakeet realtime).
 
-The same model, features, decoding and utterance rules as `CacheAwareRNNTAdapter` (NeMo's
-`CacheAwareRNNTPipeline` + `utterances.py`), without its per-stream Python objects: every
-stream's state is a row of preallocated tensors (`slots.py`), and a step is one feature
+Every stream's state is a row of preallocated tensors (`slots.py`); a step is one feature
 extraction (`features.py`), one `encoder.cache_aware_stream_step`, one batched greedy
-label-looping decode continuing each row's decoder state (`greedy.py`), numpy endpointing
-over the batch, and text only for streams that emitted tokens (`text.py`). Streams whose
-last chunk this is run as a second group, as in NeMo (the encoder keeps all outputs for them).
+label-looping decode continuing each row's decoder state (`greedy.py`), numpy endpointing over
+the batch, and text only for streams that emitted tokens (`text.py`). Streams whose last chunk
+this is run as a second group, as in NeMo (the encoder keeps all outputs for them).
 
-Utterance rules (as `utterances.py`): an utterance ends on the stream's last chunk, on an end
-marker token (`eou.py`'s `<EOU>`/`<EOB>`), or after `endpoint_silence_ms` of blank frames once
-it has tokens; then only the decoder row restarts at <SOS> (encoder cache, feature context and
-stream time carry on). A client finalize (`end_utterance`; its item may have no samples: no
-model call) only splits the text: the utterance so far becomes a final, the decoder keeps its
-state, and the next blank-run endpoint restarts it even without new tokens.
+Two phases (services/engine/adapter.py): `prepare` makes every model call and computes every
+new row, host value, text change and event, writing nothing; `commit` stores them. A free slot
+always holds a fresh stream's state (zero caches and features, the decoder at <SOS>): slots are
+reset when they are freed, so a stream that starts in a step needs no write before its model call.
+
+Utterance rules: an utterance ends on the stream's last chunk, on an end marker token
+(`<EOU>`/`<EOB>`, vectorised_eou.py), after `endpoint_silence_ms` of blank frames once it has
+tokens, or at `max_utterance_s` (cut before its last word; the decoder keeps its state and the
+cut word opens the next utterance). At an endpoint only the decoder row restarts at <SOS>
+(encoder cache, feature context and stream time carry on). A client finalize (`end_utterance`;
+its item may have no samples: no model call) only splits the text: the utterance so far becomes
+a final, the decoder keeps its state, and the next blank-run endpoint restarts it.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from typing import Optional
 
 import numpy as np
 
-from pipecat_nvasr.protocol import BoostPhrase, Final, Partial, Word
+from pipecat_nvasr.protocol import Final
 
-from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
-from .cache_aware import pipeline_config
+from ..engine.adapter import StepItem, StreamingAdapter
+from .boosting import Boosting
+from .streaming_config import pipeline_config
+from .utterance_events import Prepared, UtteranceEvents
 
 
 def _wrapper_class():
@@ -49,14 +55,16 @@ def _wrapper_class():
     return ModelWrapper
 
 
-class VectorisedRNNTAdapter(StreamingAdapter):
+class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
     eou_model = False  # `random:` specs build the EOU model class (the EOU subclass)
     _eou_id = -1
 
     def __init__(self, model: str, chunk_ms: int = 160, max_streams: int = 256, device: str = "cpu",
-                 dtype: str = "float32", endpoint_silence_ms: int = 720, amp: bool = False, boosting: bool = True):
+                 dtype: str = "float32", endpoint_silence_ms: int = 720, amp: bool = False, boosting: bool = True,
+                 max_utterance_s: Optional[float] = 30.0):
         """`dtype` float64 is the exact reference on CPU; `amp` runs float32 weights under
-        bfloat16 autocast; `boosting=False` drops per-stream key phrases (see docs/architecture.md)."""
+        bfloat16 autocast; `boosting=False` drops per-stream key phrases (see docs/architecture.md);
+        `max_utterance_s` (None: unbounded) cuts an utterance that runs longer."""
         import torch
         from omegaconf import OmegaConf
         from nemo.collections.asr.inference.factory.cache_aware_pipeline_builder import CacheAwarePipelineBuilder
@@ -73,7 +81,6 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         self.max_streams = max_streams
         self.endpoint_silence_ms = endpoint_silence_ms
         cfg = self._pipeline_config(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms)
-        # boosting=False: no fusion model, so NeMo keeps its CUDA-graph greedy decoder on a GPU
         cfg["asr"]["decoding"]["greedy"]["enable_per_stream_biasing"] = boosting
         cfg = OmegaConf.create(cfg)
         compute = "float32" if dtype == "float64" else dtype
@@ -112,6 +119,9 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         self.drop_extra = w.drop_extra_pre_encoded
         self.stride_ms = w.get_model_stride(in_milliseconds=True)
         self.encoder = w.asr_model.encoder
+        self.max_utterance_frames = (
+            None if not max_utterance_s else max(self.frames_per_chunk, int(max_utterance_s * 1000 / self.stride_ms))
+        )
 
         preprocessor, preprocessor_cfg = w.create_preprocessor()
         self.frontend = FeatureFrontend(preprocessor, self.sample_rate, chunk_secs, buffer_secs, window_stride)
@@ -130,14 +140,14 @@ class VectorisedRNNTAdapter(StreamingAdapter):
                          token_duration_in_secs=w.get_model_stride(in_secs=True))
         self.text = UtteranceText(max_streams, w.get_vocabulary(), bpe, w.word_separator,
                                   get_leading_punctuation_regex_pattern(puncts))
-        self._boost_cfg: dict[int, object] = {}  # slot → NeMo biasing config
+        self.boosting = Boosting(computer, w.tokenizer)
         # the step's audio is written into a pinned host buffer and goes up without blocking; it is
         # rewritten only after the step's token copy has come back, i.e. after the upload finished
         pin = self.device.type == "cuda"
         self._audio_host = torch.zeros(max_streams, self.chunk_samples, dtype=torch.float32, pin_memory=pin)
         self._audio = self._audio_host.numpy()
         self._marker_array = np.zeros(0, np.int64)  # end-of-utterance marker tokens (EOU subclass)
-        # seconds spent in the model's modules vs all of step(), for the benchmark's compute /
+        # seconds spent in the model's modules vs all of prepare+commit, for the benchmark's compute /
         # bookkeeping split (wall clock: on a GPU these time kernel launches, not kernels)
         self.seconds = {"features": 0.0, "encoder": 0.0, "decoder": 0.0, "step": 0.0}
 
@@ -150,84 +160,135 @@ class VectorisedRNNTAdapter(StreamingAdapter):
 
     # ------------------------------------------------------------------ engine contract
 
-    def step(self, items: list[StepItem]) -> list[StepOutput]:
+    def prepare(self, items: list[StepItem]) -> Prepared:
         started = time.perf_counter()
-        outputs = self._step(items)
+        plan = self._plan(items)
+        try:
+            self._run_model(plan)
+            self._events(plan)
+        except BaseException:
+            self.boosting.discard(plan.boosts.values())  # graphs added for this step: gone again
+            raise
         self.seconds["step"] += time.perf_counter() - started
-        return outputs
+        return plan
 
-    def _step(self, items: list[StepItem]) -> list[StepOutput]:
-        torch = self._torch
-        store, chunk, count = self.store, self.chunk_samples, len(items)
-        slots_all = np.full(count, -1, np.int64)  # each item's slot (-1: none)
-        batch = []  # the items that are stepped
-        valid = np.empty(count, np.int64)
+    def commit(self, plan: Prepared) -> list:
+        """Store the step: first the batch-wide writes (index copies of tensors and vectors whose
+        shapes `prepare` made: they cannot fail), then each item's own Python bookkeeping; an
+        item whose bookkeeping fails gets its exception as its result, and its stream is
+        released — every other item's result and state are as if nothing happened."""
+        started = time.perf_counter()
+        store = self.store
+        for stream_id, slot in plan.opened:
+            store.take(stream_id, slot)
+        with self._torch.inference_mode():
+            for write in plan.device_writes:
+                write()
+            if plan.restart:
+                store.restart_decoder(self._torch.from_numpy(np.array(plan.restart, np.int64)).to(self.device))
+        for name, (slots, values) in plan.host.items():
+            getattr(store, name)[slots] = values
+        results: list = list(plan.outputs)
+        finished = {slot: (action, arg) for slot, action, arg in plan.finished}
+        closed = dict((slot, sid) for sid, slot in plan.closed)
+        for i, item in enumerate(plan.items):
+            slot = int(plan.slots[i])
+            if slot < 0:
+                continue
+            try:
+                self._commit_slot(plan, slot, finished.get(slot), closed.get(slot))
+            except Exception as exc:  # this stream's state is suspect: it alone ends
+                results[i] = exc
+                self.release(item.stream_id)
+        if self.on_eou is not None:
+            for latency in plan.eou_latencies:
+                self.on_eou(latency)
+        self.seconds["step"] += time.perf_counter() - started
+        return results
+
+    def _commit_slot(self, plan: Prepared, slot: int, finished, closed: Optional[int]) -> None:
+        if slot in plan.boosts:
+            self.boosting.set(slot, plan.boosts[slot])
+            self.store.bias_id[slot] = self.boosting.model_id(slot)
+        delta = plan.deltas.get(slot)
+        if delta is not None:
+            self.text.apply(slot, delta)
+        if finished is not None:
+            action, arg = finished
+            if action == "clear":
+                self.text.clear(slot)
+            else:  # "keep": the utterance goes on from token `arg` (a max-length cut)
+                self.text.keep_from(slot, arg)
+        if closed is not None:  # the stream ended in this step: its slot is freed (and reset)
+            self.release(closed)
+
+    # ------------------------------------------------------------------ prepare, in parts
+
+    def _plan(self, items: list[StepItem]) -> Prepared:
+        """Slots (a new stream takes the next free one), key-phrase graphs, and the step's audio."""
+        store = self.store
+        count = len(items)
+        slots = np.full(count, -1, np.int64)
+        fresh = store.free_slots(sum(1 for item in items if item.is_first))
+        opened, boosts = [], {}
+        batch, valid, last_rows = [], [], []
         audio = self._audio
-        last_rows = []
-        for i, item in enumerate(items):
-            if item.is_first:
-                slot = store.open(item.stream_id)
-                self._drop_boost(slot)
-                if item.boost:
-                    self._set_boost(slot, item.boost)
-            else:
-                slot = store.slot_of.get(item.stream_id, -1)
-                if slot >= 0 and item.boost is not None:
-                    self._set_boost(slot, item.boost)
-            slots_all[i] = slot
-            samples = item.samples
-            k = len(samples)
-            if slot < 0 or not (k or item.is_last or not item.end_utterance):
-                continue  # a finalize with no new audio: no model call, the utterance is only split
-            j = len(batch)
-            batch.append(i)
-            valid[j] = k
-            audio[j, :k] = samples
-            if k < chunk:
-                audio[j, k:] = 0.0
-            if item.is_last:
-                last_rows.append(j)
-        store.reset_opened()
-        ended_all = np.zeros(count, bool)
-        marker_all = np.zeros(count, np.int64)  # 0 none, 1 <EOB>, 2 <EOU>
-        n = len(batch)
-        if n:
-            batch_rows = np.array(batch, np.int64)
-            self._stepping = batch_rows  # batch row → item index, for `_condition`
-            slots = slots_all[batch_rows]
-            valid = valid[:n]
-            ended = np.zeros(n, bool)
-            ended[last_rows] = True
-            marker = np.zeros(n, np.int64)
-            with torch.inference_mode(), self._autocast():
-                idx = torch.from_numpy(slots).to(self.device, non_blocking=True)
-                audio_t = self._audio_host[:n].to(self.device, non_blocking=True)
-                t0 = time.perf_counter()
-                buffers, right_pad, commit = self.frontend.step(store, idx, audio_t,
-                                                                torch.from_numpy(valid).to(self.device))
-                commits = [commit]
-                self.seconds["features"] += time.perf_counter() - t0
-                if not last_rows:
-                    groups = [(np.arange(n), False)]
+        try:
+            for i, item in enumerate(items):
+                if item.is_first:
+                    slot = fresh.pop(0)
+                    opened.append((item.stream_id, slot))
                 else:
-                    is_last = np.zeros(n, bool)
-                    is_last[last_rows] = True
-                    groups = [(np.flatnonzero(~is_last), False), (np.flatnonzero(is_last), True)]
-                for rows, keep_all in groups:
-                    if len(rows):
-                        commits.append(self._decode_group(rows, keep_all, slots, idx, buffers, right_pad, ended,
-                                                          marker))
-                # every model call is done: only now does any stream's state change (atomic step)
-                for commit in commits:
-                    commit()
-            store.samples[slots] += valid
-            store.frames[slots] += self.frames_per_chunk
-            ended_all[batch_rows] = ended
-            marker_all[batch_rows] = marker
-        return self._outputs(items, slots_all, ended_all, marker_all)
+                    slot = store.slot_of.get(item.stream_id, -1)
+                slots[i] = slot
+                if slot >= 0 and (item.boost is not None or item.is_first):
+                    boosts[slot] = self.boosting.build(item.boost or [])
+                k = len(item.samples)
+                if slot < 0 or not (k or item.is_last or not item.end_utterance):
+                    continue  # a finalize with no new audio: no model call, the utterance is only split
+                j = len(batch)
+                batch.append(i)
+                valid.append(k)
+                audio[j, :k] = item.samples
+                audio[j, k:] = 0.0
+                if item.is_last:
+                    last_rows.append(j)
+        except BaseException:
+            self.boosting.discard(boosts.values())
+            raise
+        return Prepared(items=items, slots=slots, opened=opened, boosts=boosts, batch=np.array(batch, np.int64),
+                         valid=np.array(valid, np.int64), last_rows=last_rows)
 
-    def _decode_group(self, rows, keep_all, slots, idx, buffers, right_pad, ended, marker):
-        """Encode and decode one group of rows; returns the `commit` that stores their new state."""
+    def _run_model(self, plan: Prepared) -> None:
+        """Features, encoder and decoder for every stepped row; new state kept in `plan`."""
+        torch, store = self._torch, self.store
+        n = len(plan.batch)
+        count = len(plan.items)
+        plan.ended = np.zeros(count, bool)
+        plan.marker = np.zeros(count, np.int64)
+        if not n:
+            return
+        slots = plan.slots[plan.batch]
+        with torch.inference_mode(), self._autocast():
+            idx = torch.from_numpy(slots).to(self.device, non_blocking=True)
+            audio_t = self._audio_host[:n].to(self.device, non_blocking=True)
+            t0 = time.perf_counter()
+            buffers, right_pad, write = self.frontend.step(store, idx, audio_t,
+                                                           torch.from_numpy(plan.valid).to(self.device))
+            plan.device_writes.append(write)
+            self.seconds["features"] += time.perf_counter() - t0
+            is_last = np.zeros(n, bool)
+            is_last[plan.last_rows] = True
+            groups = [(np.flatnonzero(~is_last), False), (np.flatnonzero(is_last), True)]
+            decoded = []
+            for rows, keep_all in groups:
+                if len(rows):
+                    decoded.append((rows, self._decode_group(plan, rows, keep_all, slots, idx, buffers, right_pad)))
+        for rows, (lengths, tokens, frames, confidence) in decoded:
+            self._account(plan, rows, slots[rows], lengths, tokens, frames, confidence)
+
+    def _decode_group(self, plan, rows, keep_all, slots, idx, buffers, right_pad):
+        """Encode and decode one group of rows; their new device state goes into `plan`."""
         torch, store = self._torch, self.store
         if len(rows) != len(slots):
             rows_t = torch.from_numpy(rows).to(self.device)
@@ -236,171 +297,55 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         length = torch.full((len(rows),), signal.shape[2], dtype=torch.long, device=self.device)
         if keep_all:
             length = length - right_pad
+        items = plan.batch[rows]
         t0 = time.perf_counter()
-        self._condition(self._stepping[rows])
+        self._condition(items)
         channel, lookback, cache_len = store.encoder_rows(idx)
         encoded, encoded_len, channel, lookback, cache_len = self.encoder.cache_aware_stream_step(
             processed_signal=signal, processed_signal_length=length, cache_last_channel=channel,
             cache_last_time=lookback, cache_last_channel_len=cache_len, keep_all_outputs=keep_all,
             drop_extra_pre_encoded=self.drop_extra,
         )
+        encoded = self._after_encoder(encoded, items)
         t1 = time.perf_counter()
-        group_slots = slots[rows]
-        bias = store.bias_id[group_slots] if self.greedy.computer.per_stream_biasing_enabled else None
+        bias = store.bias_id[slots[rows]].copy()
+        for j, item in enumerate(items.tolist()):  # graphs this step sets apply from this chunk on
+            slot = int(plan.slots[item])
+            if slot in plan.boosts:
+                bias[j] = self.boosting.id_of(plan.boosts[slot])
+        if not self.greedy.computer.per_stream_biasing_enabled:
+            bias = None
         lengths, tokens, frames, confidence, state = self.greedy.step(store, idx, encoded, encoded_len, bias)
         self.seconds["encoder"] += t1 - t0
         self.seconds["decoder"] += time.perf_counter() - t1
 
-        def commit() -> None:
+        def write() -> None:
             store.put_encoder_rows(idx, channel, lookback, cache_len)
             store.put_decoder_rows(idx, state)
-            self._account(rows, group_slots, lengths, tokens, frames, confidence, ended, marker)
 
-        return commit
+        plan.device_writes.append(write)
+        return lengths, tokens, frames, confidence
 
     def _condition(self, items: np.ndarray) -> None:
         """Set per-row model inputs besides audio right before an encoder call whose rows are
         these step items (multitalker: speaker targets)."""
 
-    def _account(self, rows, group_slots, lengths, tokens, frames, confidence, ended, marker) -> None:
-        """Vectorised utterance bookkeeping for one decoded group; text only for rows with tokens."""
-        store, width = self.store, tokens.shape[1]
-        present = np.arange(width)[None, :] < lengths[:, None]
-        if len(self._marker_array):
-            is_marker = present & np.isin(tokens, self._marker_array)
-            found = is_marker.any(axis=1)
-            if found.any():
-                eou = (is_marker & (tokens == self._eou_id)).any(axis=1)
-                marker[rows] = np.where(found, np.where(eou, 2, 1), 0)
-                ended[rows] |= found
-            keep = present & ~is_marker
-        else:
-            keep = present
-        count = keep.sum(axis=1)
-        # blank frames since the last token: NeMo's per-frame labels (the frame's last token or blank)
-        frame_in_chunk = np.where(keep, frames % self.frames_per_chunk, -1)
-        last_frame = frame_in_chunk.max(axis=1) if width else np.full(len(rows), -1)
-        silent = np.where(last_frame >= 0, self.frames_per_chunk - 1 - last_frame,
-                          store.silent[group_slots] + self.frames_per_chunk)
-        store.silent[group_slots] = silent
-        if self.endpoint_silence_ms and self.endpoint_silence_ms > 0:
-            spoken = ((store.utt_tokens[group_slots] + count) > 0) | store.split[group_slots]
-            ended[rows] |= spoken & (silent * self.stride_ms >= self.endpoint_silence_ms)
-        store.utt_tokens[group_slots] += count
-        with_tokens = np.flatnonzero(count)
-        if len(with_tokens):
-            np.clip(confidence, 0.0, 1.0, out=confidence)  # max_prob can round a hair above 1
-            frames = frames + store.utt_offset[group_slots][:, None]  # stream frames
-            # row-major boolean indexing keeps each row's tokens together and in order
-            new_tokens, new_frames, new_conf = tokens[keep].tolist(), frames[keep].tolist(), confidence[keep].tolist()
-            ends = np.cumsum(count[with_tokens]).tolist()
-            extend, start = self.text.extend, 0
-            for slot, end in zip(group_slots[with_tokens].tolist(), ends):
-                extend(slot, new_tokens[start:end], new_frames[start:end], new_conf[start:end])
-                start = end
+    def _after_encoder(self, encoded, items: np.ndarray):
+        """The encoder output of rows `items` as the decoder should see it (prompted models)."""
+        return encoded
 
-    def _outputs(self, items, slots, ended, marker) -> list[StepOutput]:
-        """Events per item: a final where the step ended the utterance (restarting the row's
-        decoder), else the partial; then, for a finalize, the utterance so far as a final with
-        the decoder left as it is (only the text is split, as NeMo's path does)."""
-        store, partials = self.store, self.text.partial
-        now_list = (store.samples[slots] / self.sample_rate).tolist()
-        start_list = store.utt_start[slots].tolist()
-        outputs, restart, split = [], [], []
-        for i, (slot, end_now, now) in enumerate(zip(slots.tolist(), ended.tolist(), now_list)):
-            item = items[i]
-            if slot < 0:
-                outputs.append(StepOutput())
-                continue
-            if end_now:
-                out = StepOutput()
-                final = self._final(slot, now)
-                if final is not None:
-                    out.finals.append(final)
-                    self._mark(item, final, int(marker[i]), now)
-                if item.is_last:
-                    self._forget(item.stream_id, slot)
-                    outputs.append(out)
-                    continue
-                restart.append(slot)
-            else:
-                text = partials[slot]
-                show = text and not item.end_utterance
-                out = StepOutput(partial=Partial(text=text, start=start_list[i], end=now) if show else None)
-            if item.end_utterance:
-                final = self._final(slot, now)
-                if final is not None:
-                    out.finals.append(final)
-                split.append(slot)
-            outputs.append(out)
-        if restart:
-            rows = np.array(restart, np.int64)
-            self.store.restart_decoder(self._torch.from_numpy(rows).to(self.device))
-            store.utt_offset[rows] = store.frames[rows]
-            store.silent[rows] = 0
-            store.utt_tokens[rows] = 0
-            store.split[rows] = False
-        if split:
-            # the next blank-run endpoint restarts these decoders even without new tokens
-            store.split[split] = True
-            store.utt_tokens[split] = 0
-        return outputs
-
-    def _final(self, slot: int, now: float) -> Optional[Final]:
-        store = self.store
-        nemo_words = self.text.words(slot)
-        self.text.clear(slot)
-        line = self.text.sep.join(w.text for w in nemo_words).strip()
-        if not line:
-            return None
-        words = [
-            Word(word=w.text.strip(), start=round(min(w.start, now), 3), end=round(min(w.end, now), 3),
-                 confidence=round(float(w.conf), 4))
-            for w in nemo_words
-            if w.text.strip()
-        ]
-        start = words[0].start if words else float(store.utt_start[slot])
-        end = words[-1].end if words else now
-        store.utt_start[slot] = end
-        return Final(text=line, start=start, end=end, words=words)
-
-    def _mark(self, item: StepItem, final: Final, marker: int, now: float) -> None:
+    def _mark(self, item: StepItem, final: Final, marker: int, now: float, plan: Prepared) -> None:
         """What an end marker says about the final (the EOU subclass)."""
+
+    def compile_boost(self, phrases) -> None:
+        self.boosting.compile(phrases)
 
     def release(self, stream_id: int) -> None:
         slot = self.store.slot_of.get(stream_id)
         if slot is not None:
-            self._forget(stream_id, slot)
+            self.boosting.set(slot, None)
+            self.text.clear(slot)
+            self.store.close(stream_id)
 
     def active_streams(self) -> int:
         return len(self.store)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _forget(self, stream_id: int, slot: int) -> None:
-        self._drop_boost(slot)
-        self.text.clear(slot)
-        self.store.close(stream_id)
-
-    def _set_boost(self, slot: int, boost: list[BoostPhrase]) -> None:
-        """Key phrases for one stream: a boosting graph in NeMo's multi-model, chosen per row."""
-        self._drop_boost(slot)
-        if not boost:
-            return
-        computer = self.greedy.computer
-        if not computer.per_stream_biasing_enabled:
-            return
-        from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
-        from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import BoostingTreeModelConfig
-
-        tree = BoostingTreeModelConfig(key_phrases_list=[b.phrase for b in boost], use_triton=False)
-        cfg = BiasingRequestItemConfig(boosting_model_cfg=tree, boosting_model_alpha=max(b.weight for b in boost))
-        cfg.add_to_multi_model(tokenizer=self.wrapper.tokenizer, biasing_multi_model=computer.biasing_multi_model)
-        self._boost_cfg[slot] = cfg
-        self.store.bias_id[slot] = cfg.multi_model_id
-
-    def _drop_boost(self, slot: int) -> None:
-        cfg = self._boost_cfg.pop(slot, None)
-        if cfg is not None:
-            cfg.remove_from_multi_model(biasing_multi_model=self.greedy.computer.biasing_multi_model)
-        self.store.bias_id[slot] = -1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -58,6 +58,19 @@ class StepOutput:
 
 
 class StreamingAdapter(ABC):
+    """A model behind the engine, stepped in two phases (the engine core of vLLM's v1 is the model):
+
+    - `prepare(items)` makes every model call of one batched step and computes every new state
+      and every event, writing NOTHING: it may raise, and then no stream has changed. The engine
+      isolates a failure by splitting the batch in halves and preparing each again from the same
+      state, until only the stream that makes the model fail is left (`EngineCore._run_isolating`).
+    - `commit(prepared)` writes the prepared state back and returns one result per item, in
+      order: its `StepOutput`, or the `Exception` that ended that item alone. It never raises;
+      nothing in it calls a model. Only that session fails for a per-item exception.
+
+    `step(items)` is the two in a row, for warm-up and tests.
+    """
+
     model_name: str
     sample_rate: int = 16000
     chunk_samples: int
@@ -72,21 +85,24 @@ class StreamingAdapter(ABC):
         return round(1000 * self.chunk_samples / self.sample_rate)
 
     @abstractmethod
-    def step(self, items: list[StepItem]) -> list[StepOutput]:
-        """Run every item in one batch; return one output per item, in order.
+    def prepare(self, items: list[StepItem]) -> Any:
+        """Every model call for `items` (one batch); returns what `commit` needs. Changes no state."""
 
-        Atomic per call: if `step` raises, no stream's state may have changed. The engine
-        relies on it to isolate a failure — it splits the batch in halves and reruns each
-        from the same state until only the stream that makes the model fail is left, and
-        only that session gets `internal`. An adapter that mutates per-stream state in
-        stages (feature buffers, then encoder caches, then decoders) keeps this promise by
-        validating input before touching state; where a failure can still strike midway
-        (e.g. out of memory inside the encoder), the retried rows may see that chunk twice —
-        one damaged chunk of transcript for the survivors instead of ending every session
-        in the batch. NeMo's multi-stream pipeline (adapters/cache_aware.py) is in this
-        second group; the vectorised adapters (vectorised.py, multitalker.py) are in the
-        first: they compute every model call of the step, then write the new state back.
-        """
+    @abstractmethod
+    def commit(self, prepared: Any) -> list[Union[StepOutput, Exception]]:
+        """Store a prepared step's state; one output (or that item's own exception) per item. Never raises."""
+
+    def step(self, items: list[StepItem]) -> list[StepOutput]:
+        """prepare + commit; raises the first per-item exception (warm-up, tests)."""
+        results = self.commit(self.prepare(items))
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def compile_boost(self, phrases: list[BoostPhrase]) -> None:
+        """Do the costly part of a stream's new key phrases now, on any thread but the inference
+        one (the server calls it when a `configure` arrives), so no step waits for it."""
 
     @abstractmethod
     def release(self, stream_id: int) -> None:

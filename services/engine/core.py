@@ -6,13 +6,22 @@ wakes on new work, runs a step for every ready session at once, and immediately 
 again — continuous batching with no fixed sleeps: audio that arrives during a step is
 in the next one.
 
-Two guards keep one worker useful under stress:
-- a step that raises is split in halves and retried until the one stream that makes the
-  model fail is found; only that session gets `internal` (see `StreamingAdapter.step`);
+Three guards keep one worker useful under stress, and one says when it is not:
+- a step whose `prepare` raises is split in halves and prepared again until the one stream
+  that makes the model fail is found; only that session gets `internal`
+  (`StreamingAdapter.prepare`/`commit`);
 - admission control: when the engine falls behind (chunks wait longer than `admit_lag`
   for a step, or the event loop itself runs late) new sessions are refused with
   `overloaded` before the open ones degrade, and a session whose own backlog passes
-  `max_buffer_seconds` is ended with `overloaded` (Session.append).
+  `max_buffer_seconds` is ended with `overloaded` (Session.append);
+- a worker that cannot serve any more is DEAD (`EngineCore.dead`): its loop ended, a CUDA error
+  that is not one stream's (an illegal memory access poisons the whole context), or
+  `DEAD_AFTER` steps in a row where every stream failed. Then every open session is told
+  (`unavailable`, 1011), new ones are refused, `/health` answers 503 and `on_dead` fires (the
+  CLI exits non-zero so the orchestrator — Modal, systemd, Kubernetes — replaces the process).
+
+Bookkeeping lives on the event loop only: the inference thread returns what it measured and
+the loop records it (the load tables are read by `open` on the loop).
 """
 
 from __future__ import annotations
@@ -22,14 +31,15 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from pipecat_nvasr.protocol import Error, ErrorCode
 
-from .adapter import StepItem, StepOutput, StreamingAdapter
+from .adapter import StepItem, StreamingAdapter
 from .load import LoadMonitor
 from .scheduler import ReadyQueue
-from .session import Overloaded, Session
+from .session import Overloaded, Session, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +47,18 @@ StepObserver = Callable[[int, float], None]  # (batch size, seconds) per step, f
 
 LOOP_PROBE_S = 0.05  # how often the event-loop lag probe wakes
 BACKLOG_EVERY = 4  # probe ticks between backlog measurements (O(sessions) each)
+DEAD_AFTER = 3  # steps in a row in which every stream failed: the model cannot serve
+# an error whose text says so poisons the device, not one stream: no retry can succeed
+STICKY_FAULTS = ("illegal memory access", "device-side assert", "CUDA error: an illegal", "unspecified launch failure",
+                 "CUBLAS_STATUS_EXECUTION_FAILED", "uncorrectable ECC", "misaligned address")
+
+
+def is_sticky_fault(exc: BaseException) -> bool:
+    """A device fault after which every later kernel fails too (not out-of-memory, not bad input)."""
+    if type(exc).__name__ == "AcceleratorError":
+        return True
+    text = str(exc)
+    return any(marker in text for marker in STICKY_FAULTS)
 
 
 class EngineCore:
@@ -71,6 +93,10 @@ class EngineCore:
         self.sessions: dict[str, Session] = {}
         self.steps = 0
         self.draining = False
+        self.dead: Optional[str] = None  # why this engine can no longer serve (None: alive)
+        self.on_dead: list[Callable[[str], None]] = []  # called once, on the loop, when it dies
+        self._stopping = False
+        self._all_failed = 0  # steps in a row in which every stream failed
         # counters for /metrics
         self.refused: Counter[str] = Counter()  # reason → sessions refused at open
         self.failed_streams = 0  # sessions ended by a model failure on their own step
@@ -82,6 +108,7 @@ class EngineCore:
         self._releases: list[int] = []  # adapter streams to forget, on the inference thread
         self._wakeup = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boost-compile")
         self._task: Optional[asyncio.Task] = None
         self._probe: Optional[asyncio.Task] = None
 
@@ -107,9 +134,34 @@ class EngineCore:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="engine-core")
             self._probe = asyncio.create_task(self._probe_loop(), name="engine-loop-lag")
-            self._task.add_done_callback(_report_crash)
+            self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """The loop must never end on its own: if it does, this engine is dead."""
+        if self._stopping:
+            return
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            logger.critical("engine loop crashed", exc_info=exc)
+        self.die(f"the engine loop ended ({type(exc).__name__ if exc else 'cancelled'})")
+
+    def die(self, reason: str) -> None:
+        """No more serving: tell and end every session, refuse new ones, tell the owner (once)."""
+        if self.dead is not None:
+            return
+        self.dead = reason
+        logger.critical("this worker can no longer serve: %s", reason)
+        for session in list(self.sessions.values()):
+            session.fail(Error(ErrorCode.UNAVAILABLE, f"this worker failed ({reason}); connect again"))
+            self.drop(session)
+        for callback in self.on_dead:
+            try:
+                callback(reason)
+            except Exception:
+                logger.exception("an on_dead callback failed")
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in (self._task, self._probe):
             if task is not None:
                 task.cancel()
@@ -118,7 +170,15 @@ class EngineCore:
                 except asyncio.CancelledError:
                     pass
         self._task = self._probe = None
+        await self._release_pending()
         self._thread.shutdown(wait=True)
+        self._compiler.shutdown(wait=False)
+
+    async def _release_pending(self) -> None:
+        """Free the model state of streams dropped since the last step (no step will run now)."""
+        releases, self._releases = self._releases, []
+        if releases:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._step, [], releases)
 
     async def run_on_model_thread(self, fn, *args):
         """Run `fn` on the inference thread (loading, warm-up, inspection)."""
@@ -172,6 +232,9 @@ class EngineCore:
     # ------------------------------------------------------------------ sessions
 
     def open(self) -> Session:
+        if self.dead is not None:
+            self.refused["dead"] += 1
+            raise Unavailable(f"this worker failed ({self.dead}) and is being replaced; connect again")
         if self.draining:
             self.refused["draining"] += 1
             raise Overloaded("this worker is shutting down; connect again (another worker takes it)")
@@ -218,6 +281,12 @@ class EngineCore:
         elif session.finalize_deadline() is not None:
             self._finalizing[session.id] = session  # _wait_for_work queues it at its deadline
 
+    async def configure(self, session: Session, phrases) -> None:
+        """New key phrases: compiled off the inference thread, then applied from the next chunk."""
+        if phrases:
+            await asyncio.get_running_loop().run_in_executor(self._compiler, self.adapter.compile_boost, phrases)
+        session.boost = phrases
+
     def close(self, session: Session) -> None:
         session.close()
         self._ready.push(session)
@@ -263,11 +332,15 @@ class EngineCore:
                 items = [item for _, item in planned if item is not None]
                 self.steps += 1
                 try:
-                    outputs, failed = await loop.run_in_executor(self._thread, self._step, items, releases)
+                    result = await loop.run_in_executor(self._thread, self._step, items, releases)
                 except Exception:  # not the model (it is isolated in _step): keep the loop alive
                     logger.exception("engine step failed outside the model")
-                    outputs, failed = {}, {item.stream_id: RuntimeError("engine") for item in items}
-                self._deliver(planned, outputs, failed)
+                    result = _StepResult(failed={item.stream_id: RuntimeError("engine") for item in items})
+                self._record(result, len(items))
+                self._deliver(planned, result.outputs, result.failed)
+                if self.dead is not None:
+                    await self._release_pending()  # a dead engine steps no more, but frees its streams
+                    return
 
     def _deliver(self, planned, outputs: dict, failed: dict) -> None:
         now = time.monotonic()
@@ -309,46 +382,71 @@ class EngineCore:
                 del self._finalizing[key]
                 self._ready.push(session, now)
 
-    def _step(self, items: list[StepItem], releases: list[int]) -> tuple[dict, dict]:
-        """Runs on the inference thread: releases, then the batch, isolating failures."""
+    def _record(self, result: "_StepResult", items: int) -> None:
+        """On the loop: what the thread measured goes into the load tables and metrics."""
+        for batch, seconds in result.timings:
+            self.load.record_step(batch, seconds)
+            if self.on_step:
+                self.on_step(batch, seconds)
+        self.isolation_steps += result.isolation_steps
+        if result.sticky is not None:
+            self.die(f"device fault: {type(result.sticky).__name__}: {str(result.sticky)[:200]}")
+            return
+        if items and len(result.failed) == items:
+            self._all_failed += 1
+            if self._all_failed >= DEAD_AFTER:
+                self.die(f"every stream of the last {DEAD_AFTER} steps failed")
+        elif items:
+            self._all_failed = 0
+
+    def _step(self, items: list[StepItem], releases: list[int]) -> "_StepResult":
+        """Runs on the inference thread: releases, then the batch, isolating failures. Writes
+        nothing the loop reads: what it measured comes back in the result."""
         for stream_id in releases:
             try:
                 self.adapter.release(stream_id)
             except Exception:
                 logger.exception("releasing stream %s failed", stream_id)
-        outputs: dict[int, StepOutput] = {}
-        failed: dict[int, Exception] = {}
+        result = _StepResult()
         if items:
-            self._run_isolating(items, outputs, failed)
-        return outputs, failed
+            self._run_isolating(items, result)
+        return result
 
-    def _run_isolating(self, items: list[StepItem], outputs: dict, failed: dict) -> None:
-        """Run `items`; if the step raises, bisect so that only the failing streams fail.
+    def _run_isolating(self, items: list[StepItem], result: "_StepResult") -> None:
+        """Prepare `items`; if that raises, bisect so that only the failing streams fail; commit.
 
-        Exact only because adapters promise an atomic step: one that raises has changed no
-        stream's state (StreamingAdapter.step), so each half reruns from the same state.
+        Exact because `prepare` writes nothing (StreamingAdapter): each half is prepared again
+        from the same state. A device fault that poisons every later call is not bisected.
         """
         started = time.perf_counter()
         try:
-            results = self.adapter.step(items)
-            if len(results) != len(items):
-                raise RuntimeError(f"adapter returned {len(results)} outputs for {len(items)} items")
+            prepared = self.adapter.prepare(items)
         except Exception as exc:
-            if len(items) == 1:
-                logger.error("stream %s failed the model step: %r", items[0].stream_id, exc)
-                failed[items[0].stream_id] = exc
+            if is_sticky_fault(exc):
+                result.sticky = exc
+            if len(items) == 1 or result.sticky is not None:
+                logger.error("stream(s) %s failed the model step: %r", [i.stream_id for i in items], exc)
+                result.failed.update({item.stream_id: exc for item in items})
                 return
             logger.warning("a batched step of %d streams failed (%r); isolating the cause", len(items), exc)
             middle = len(items) // 2
             for half in (items[:middle], items[middle:]):
-                self.isolation_steps += 1
-                self._run_isolating(half, outputs, failed)
+                result.isolation_steps += 1
+                self._run_isolating(half, result)
             return
-        elapsed = time.perf_counter() - started
-        self.load.record_step(len(items), elapsed)
-        if self.on_step:
-            self.on_step(len(items), elapsed)
-        outputs.update(zip((item.stream_id for item in items), results))
+        try:
+            outputs = self.adapter.commit(prepared)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"adapter returned {len(outputs)} outputs for {len(items)} items")
+        except Exception as exc:  # a broken promise: the state of these streams is unknown now
+            logger.critical("committing a step raised (adapter bug): %r", exc, exc_info=exc)
+            outputs = [exc] * len(items)
+        result.timings.append((len(items), time.perf_counter() - started))
+        for item, output in zip(items, outputs):
+            if isinstance(output, Exception):
+                result.failed[item.stream_id] = output
+            else:
+                result.outputs[item.stream_id] = output
 
     def _fail(self, session: Session, stream_id: Optional[int], exc: Exception) -> None:
         self.failed_streams += 1
@@ -360,7 +458,12 @@ class EngineCore:
         self._wakeup.set()
 
 
-def _report_crash(task: asyncio.Task) -> None:
-    """The loop must never end on its own: say loudly why it did."""
-    if not task.cancelled() and task.exception() is not None:
-        logger.critical("engine loop crashed", exc_info=task.exception())
+@dataclass
+class _StepResult:
+    """What one step on the inference thread produced and measured, for the loop to record."""
+
+    outputs: dict = field(default_factory=dict)  # stream id → StepOutput
+    failed: dict = field(default_factory=dict)  # stream id → Exception
+    timings: list = field(default_factory=list)  # (batch size, seconds) per successful step
+    isolation_steps: int = 0
+    sticky: Optional[BaseException] = None  # a device fault: nothing can succeed any more

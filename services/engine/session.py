@@ -30,6 +30,10 @@ class Overloaded(Exception):
     """The worker cannot take this (more sessions, or audio faster than it keeps up)."""
 
 
+class Unavailable(Exception):
+    """The worker can no longer serve at all (a dead engine): connect again, elsewhere."""
+
+
 class Session:
     def __init__(self, sample_rate: int, max_buffer_samples: int):
         self.id = uuid.uuid4().hex

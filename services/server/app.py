@@ -80,6 +80,10 @@ def create_app(
             body["model"] = listen.model_name
         if health is not None:
             body.update(health())
+        dead = getattr(listen, "dead", None)
+        if dead is not None:  # a dead engine: the orchestrator must route elsewhere and replace us
+            body.update(status="dead", reason=dead)
+            return JSONResponse(body, status_code=503)
         return JSONResponse(body)
 
     @app.get("/metrics", dependencies=auth)

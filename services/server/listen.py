@@ -37,7 +37,7 @@ from pipecat_nvasr.protocol import (
     parse_client_message,
 )
 
-from ..engine.session import Overloaded
+from ..engine.session import Overloaded, Unavailable
 from .auth import is_authorized
 from .metrics import Metrics
 
@@ -50,6 +50,7 @@ FATAL_CLOSE = {
     ErrorCode.UNAUTHORIZED: CloseCode.POLICY,
     ErrorCode.OVERLOADED: CloseCode.OVERLOADED,
     ErrorCode.INTERNAL: CloseCode.INTERNAL,
+    ErrorCode.UNAVAILABLE: CloseCode.INTERNAL,
     ErrorCode.TIMEOUT: CloseCode.IDLE,
 }
 
@@ -252,6 +253,9 @@ async def serve_listen(
     except Overloaded as exc:
         await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
         return
+    except Unavailable as exc:
+        await _send_error(ws, metrics, ErrorCode.UNAVAILABLE, str(exc), CloseCode.INTERNAL)
+        return
 
     metrics.sessions.inc()
     metrics.active_sessions.inc()
@@ -335,7 +339,11 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
             await _send_error(ws, metrics, exc.code, exc.message)
             continue
         if isinstance(command, Configure):
-            session.boost = command.boost
+            configure = getattr(conn.backend, "configure", None)
+            if configure is not None:
+                await configure(session, command.boost)  # compiles the phrases off the inference thread
+            else:
+                session.boost = command.boost
         elif isinstance(command, (Finalize, Close)):
             if session.closing:
                 continue  # the worker is already flushing this session (a drain)

@@ -71,10 +71,10 @@ def stream_together(adapter, audio: list, first_id: int = 0) -> list[str]:
 def worker_hypotheses(model_path: str, paths: list[str], eou: bool, batch: int = 16) -> list[str]:
     """Each file through the worker's adapter, `batch` streams stepped together."""
     import soundfile as sf
-    from services.adapters.cache_aware import CacheAwareRNNTAdapter
-    from services.adapters.eou import EOUAdapter
+    from services.adapters.vectorised import VectorisedRNNTAdapter
+    from services.adapters.vectorised_eou import VectorisedEOUAdapter
 
-    adapter = (EOUAdapter if eou else CacheAwareRNNTAdapter)(model_path, chunk_ms=160, max_streams=2 * batch)
+    adapter = (VectorisedEOUAdapter if eou else VectorisedRNNTAdapter)(model_path, chunk_ms=160, max_streams=2 * batch)
     hyps = []
     for first in range(0, len(paths), batch):
         audio = [sf.read(p, dtype="float32")[0] for p in paths[first:first + batch]]

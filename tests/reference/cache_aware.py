@@ -7,8 +7,8 @@ streams in one batched `transcribe_step`. This adapter only translates: our Step
 into NeMo Frames, NeMo's step outputs into protocol events, and our release into freeing
 the stream's slots (NeMo frees them only on a last frame).
 
-The workers default to `vectorised.py` (same results, a fraction of the host time per stream);
-this adapter stays selectable (`--decoder-path nemo`) as the reference and for comparison.
+The workers serve `services/adapters/vectorised.py` (same results, a fraction of the host time per
+stream); this adapter is the reference it is proven equal to, and the benchmark's baseline.
 """
 
 from __future__ import annotations
@@ -19,70 +19,12 @@ import numpy as np
 
 from pipecat_nvasr.protocol import BoostPhrase, Final, Partial, Word
 
-from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
-from .utterances import utterance_pipeline_class
+from services.engine.adapter import StepItem, StepOutput, StreamingAdapter
+from reference.utterances import utterance_pipeline_class
 
 logger = logging.getLogger(__name__)
 
-# chunk (ms) → att_context_size [left, right] in encoder frames (80 ms each)
-CHUNK_CONTEXTS = {80: [70, 0], 160: [70, 1], 560: [70, 6], 1120: [70, 13]}
-
-
-def pipeline_config(
-    model: str,
-    chunk_ms: int,
-    max_streams: int,
-    device: str = "cpu",
-    compute_dtype: str = "float32",
-    endpoint_silence_ms: int = 720,
-    boosting: bool = True,
-) -> dict:
-    """The NeMo inference-pipeline config for one cache-aware RNNT model."""
-    if chunk_ms not in CHUNK_CONTEXTS:
-        raise ValueError(f"chunk_ms must be one of {sorted(CHUNK_CONTEXTS)}, not {chunk_ms}")
-    return {
-        "asr_decoding_type": "rnnt",
-        "pipeline_type": "cache_aware",
-        "asr": {
-            "model_name": model,
-            "device": device,
-            "device_id": 0,
-            "compute_dtype": compute_dtype,
-            "use_amp": False,
-            "decoding": {
-                "strategy": "greedy_batch",
-                "greedy": {
-                    "max_symbols": 10,
-                    "preserve_frame_confidence": True,
-                    "enable_per_stream_biasing": boosting,
-                },
-            },
-        },
-        "confidence": {"exclude_blank": True, "aggregation": "mean", "method_cfg": {"name": "max_prob"}},
-        "streaming": {
-            "sample_rate": 16000,
-            "batch_size": max_streams,
-            "num_slots": max_streams,
-            "att_context_size": CHUNK_CONTEXTS[chunk_ms],
-            "use_cache": True,
-            "use_feat_cache": True,
-            "word_boundary_tolerance": 4,
-            "request_type": "frame",
-            "chunk_size_in_secs": None,
-        },
-        # NeMo ends an utterance after this much trailing silence (blank run). Residue tokens
-        # must stay 0: with a residue, a first token landing in the last slot of a blank-filled
-        # label buffer is skipped by the check and the utterance ends after its first piece.
-        "endpointing": {"stop_history_eou": endpoint_silence_ms, "residue_tokens_at_end": 0},
-        "enable_itn": False,
-        "enable_nmt": False,
-        "asr_output_granularity": "word",
-        "return_tail_result": False,
-        "itn": {"batch_size": 32, "n_jobs": 1, "left_padding_size": 4},
-        "nmt": None,
-        "cache_dir": None,
-        "lang": "en",
-    }
+from services.adapters.streaming_config import CHUNK_CONTEXTS, pipeline_config  # noqa: F401  (re-exported)
 
 
 class CacheAwareRNNTAdapter(StreamingAdapter):
@@ -148,7 +90,9 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
 
     # ------------------------------------------------------------------ engine contract
 
-    def step(self, items: list[StepItem]) -> list[StepOutput]:
+    def prepare(self, items: list[StepItem]) -> list[StepOutput]:
+        """NeMo's pipeline advances its own state as it goes: this reference path runs the whole
+        step here (it is not atomic: see docs/architecture.md), and `commit` only hands it over."""
         from nemo.collections.asr.inference.streaming.framing.request import Frame
 
         # an end_utterance item without samples needs no model call: its audio was stepped already
@@ -190,6 +134,9 @@ class CacheAwareRNNTAdapter(StreamingAdapter):
             if not item.is_first and item.boost is not None:
                 self._change_boost(item.stream_id, item.boost)
         return self.pipeline.transcribe_step(frames)
+
+    def commit(self, outputs: list[StepOutput]) -> list[StepOutput]:
+        return outputs
 
     def release(self, stream_id: int) -> None:
         p = self.pipeline

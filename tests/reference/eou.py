@@ -27,12 +27,10 @@ from typing import Callable, Optional
 
 from pipecat_nvasr.protocol import Final
 
-from ..engine.adapter import StepItem, StepOutput
-from .cache_aware import CacheAwareRNNTAdapter
+from services.engine.adapter import StepItem, StepOutput
+from reference.cache_aware import CacheAwareRNNTAdapter
 
-EOU_PIECE = "<EOU>"
-EOB_PIECE = "<EOB>"
-EOU_CHUNK_MS = (80, 160)
+from services.adapters.vectorised_eou import EOB_PIECE, EOU_CHUNK_MS, EOU_PIECE  # noqa: E402
 
 
 class EOUAdapter(CacheAwareRNNTAdapter):

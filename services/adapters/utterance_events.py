@@ -1,0 +1,197 @@
+"""The utterance rules of the vectorised step, over the batch: what a step's tokens mean.
+
+After the model calls of `prepare` (vectorised.py), `_account` turns each decoded group into
+host facts — end markers, the blank run since the last token, the text its new tokens make — and
+`_events` turns those into each item's events and the state changes they imply: a final where
+the step ended the utterance (the decoder row restarts), a cut final for an utterance past
+`max_utterance_s` (before its last word, which opens the next utterance; the decoder carries on),
+the partial, and a finalize's final. Everything here reads state and writes only into the
+`Prepared` step, which `commit` stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from pipecat_nvasr.protocol import Final, Partial, Word
+
+from ..engine.adapter import StepItem, StepOutput
+
+
+@dataclass
+class Prepared:
+    """One step, computed: what `commit` writes and the events it returns."""
+
+    items: list[StepItem]
+    slots: np.ndarray  # each item's slot (-1: none)
+    opened: list[tuple[int, int]]  # (stream id, slot) streams that start in this step
+    boosts: dict[int, object]  # slot → its new boosting config (None: none)
+    batch: np.ndarray = None  # the items stepped through the model (item indices)
+    valid: np.ndarray = None  # their samples
+    last_rows: list = field(default_factory=list)  # batch rows that are their stream's last chunk
+    ended: np.ndarray = None  # per item: the step ended its utterance
+    marker: np.ndarray = None  # per item: 0 none, 1 <EOB>, 2 <EOU>
+    host_rows: dict = field(default_factory=dict)  # slot → (blank frames, utterance tokens) after the step
+    device_writes: list = field(default_factory=list)  # callables storing device rows
+    host: dict = field(default_factory=dict)  # SlotStore vector name → (slots, values)
+    deltas: dict = field(default_factory=dict)  # slot → text.Delta of this step's tokens
+    finished: list = field(default_factory=list)  # (slot, text action, arg): text after each final
+    restart: list[int] = field(default_factory=list)  # slots whose decoder restarts at <SOS>
+    closed: list[tuple[int, int]] = field(default_factory=list)  # (stream id, slot) streams that end
+    outputs: list[StepOutput] = field(default_factory=list)
+    eou_latencies: list[float] = field(default_factory=list)
+
+
+class UtteranceEvents:
+    """Mixed into VectorisedRNNTAdapter (it provides store, text, frames_per_chunk, stride_ms,
+    endpoint_silence_ms, max_utterance_frames, sample_rate, the marker tokens and `_mark`)."""
+
+    def _account(self, plan, rows, group_slots, lengths, tokens, frames, confidence) -> None:
+        """Utterance bookkeeping for one decoded group, over the batch; text only for rows with tokens."""
+        store, width = self.store, tokens.shape[1]
+        items = plan.batch[rows]
+        present = np.arange(width)[None, :] < lengths[:, None]
+        ended = np.zeros(len(rows), bool)
+        ended[np.isin(items, plan.batch[plan.last_rows])] = True
+        if len(self._marker_array):
+            is_marker = present & np.isin(tokens, self._marker_array)
+            found = is_marker.any(axis=1)
+            if found.any():
+                eou = (is_marker & (tokens == self._eou_id)).any(axis=1)
+                plan.marker[items] = np.where(found, np.where(eou, 2, 1), 0)
+                ended |= found
+            keep = present & ~is_marker
+        else:
+            keep = present
+        count = keep.sum(axis=1)
+        # blank frames since the last token: NeMo's per-frame labels (the frame's last token or blank)
+        frame_in_chunk = np.where(keep, frames % self.frames_per_chunk, -1)
+        last_frame = frame_in_chunk.max(axis=1) if width else np.full(len(rows), -1)
+        silent = np.where(last_frame >= 0, self.frames_per_chunk - 1 - last_frame,
+                          store.silent[group_slots] + self.frames_per_chunk)
+        utt_tokens = store.utt_tokens[group_slots] + count
+        if self.endpoint_silence_ms and self.endpoint_silence_ms > 0:
+            spoken = (utt_tokens > 0) | store.split[group_slots]
+            ended |= spoken & (silent * self.stride_ms >= self.endpoint_silence_ms)
+        plan.ended[items] = ended
+        plan.host_rows.update({int(s): (int(si), int(ut)) for s, si, ut in zip(group_slots, silent, utt_tokens)})
+        with_tokens = np.flatnonzero(count)
+        if len(with_tokens):
+            np.clip(confidence, 0.0, 1.0, out=confidence)  # max_prob can round a hair above 1
+            frames = frames + store.utt_offset[group_slots][:, None]  # stream frames
+            # row-major boolean indexing keeps each row's tokens together and in order
+            new_tokens, new_frames, new_conf = tokens[keep].tolist(), frames[keep].tolist(), confidence[keep].tolist()
+            ends = np.cumsum(count[with_tokens]).tolist()
+            delta, start = self.text.delta, 0
+            for slot, end in zip(group_slots[with_tokens].tolist(), ends):
+                plan.deltas[slot] = delta(slot, new_tokens[start:end], new_frames[start:end], new_conf[start:end])
+                start = end
+
+    def _events(self, plan: Prepared) -> None:
+        """Each item's events and the state changes they imply: a final where the step ended the
+        utterance (its decoder restarts); a cut final for an utterance past `max_utterance_s`
+        (up to its last word, which opens the next utterance; the decoder carries on); the
+        partial; and for a finalize, the utterance so far as a final with the decoder left as it
+        is (only the text is split, as NeMo's path does)."""
+        store, items, slots = self.store, plan.items, plan.slots
+        n = len(items)
+        stepped = np.zeros(n, np.int64)
+        stepped[plan.batch] = plan.valid
+        fresh_frames = np.zeros(n, np.int64)
+        fresh_frames[plan.batch] = self.frames_per_chunk
+        safe = np.where(slots >= 0, slots, 0)
+        samples = store.samples[safe] + stepped
+        frames = store.frames[safe] + fresh_frames
+        utt_offset, utt_start = store.utt_offset[safe].copy(), store.utt_start[safe].copy()
+        silent, utt_tokens = store.silent[safe].copy(), store.utt_tokens[safe].copy()
+        split = store.split[safe].copy()
+        for i, slot in enumerate(slots.tolist()):
+            if slot in plan.host_rows:
+                silent[i], utt_tokens[i] = plan.host_rows[slot]
+        now_list = (samples / self.sample_rate).tolist()
+        for i, item in enumerate(items):
+            slot = int(slots[i])
+            out = StepOutput()
+            plan.outputs.append(out)
+            if slot < 0:
+                continue
+            now, delta = now_list[i], plan.deltas.get(slot)
+
+            def emit(final: Optional[Final]) -> None:
+                if final is not None:
+                    utt_start[i] = final.end
+                    out.finals.append(final)
+
+            if plan.ended[i]:
+                final = self._final(self._utterance(slot, delta), now, utt_start[i])
+                emit(final)
+                if final is not None:
+                    self._mark(item, final, int(plan.marker[i]), now, plan)
+                if item.is_last:
+                    plan.closed.append((item.stream_id, slot))
+                    continue
+                plan.finished.append((slot, "clear", None))
+                plan.restart.append(slot)
+                utt_offset[i], silent[i], utt_tokens[i], split[i] = frames[i], 0, 0, False
+                if item.end_utterance:
+                    split[i] = True
+                continue
+            text = delta.partial if delta is not None else self.text.partial[slot]
+            if self._too_long(slot, delta, int(frames[i])):
+                utterance = self._utterance(slot, delta)
+                cut = self.text.cut_index(utterance[0])
+                emit(self._final(tuple(x[:cut] for x in utterance), now, utt_start[i]))
+                plan.finished.append((slot, "keep", cut))
+                kept = utterance[0][cut:]
+                utt_tokens[i], split[i] = len(kept), True
+                text = self.text.texts(kept)[1]
+            if item.end_utterance:
+                skip = plan.finished[-1][2] if plan.finished and plan.finished[-1][0] == slot else 0
+                emit(self._final(tuple(x[skip:] for x in self._utterance(slot, delta)), now, utt_start[i]))
+                if skip:
+                    plan.finished[-1] = (slot, "clear", None)
+                else:
+                    plan.finished.append((slot, "clear", None))
+                split[i], utt_tokens[i] = True, 0
+            elif text:
+                out.partial = Partial(text=text, start=float(utt_start[i]), end=now)
+        live = slots >= 0
+        rows = slots[live]
+        plan.host.update({
+            "samples": (rows, samples[live]), "frames": (rows, frames[live]), "utt_offset": (rows, utt_offset[live]),
+            "utt_start": (rows, utt_start[live]), "silent": (rows, silent[live]),
+            "utt_tokens": (rows, utt_tokens[live]), "split": (rows, split[live]),
+        })
+
+    def _utterance(self, slot: int, delta) -> tuple[list, list, list]:
+        """The utterance's tokens, stream frames and confidences with this step's delta (a copy)."""
+        t = self.text
+        if delta is None:
+            return list(t.tokens[slot]), list(t.frames[slot]), list(t.confidence[slot])
+        return t.tokens[slot] + delta.tokens, t.frames[slot] + delta.frames, t.confidence[slot] + delta.confidence
+
+    def _too_long(self, slot: int, delta, frames_now: int) -> bool:
+        """Has the utterance run `max_utterance_s` since its first token?"""
+        if self.max_utterance_frames is None:
+            return False
+        first = self.text.frames[slot][:1] or (delta.frames[:1] if delta is not None else [])
+        return bool(first) and frames_now - first[0] >= self.max_utterance_frames
+
+    def _final(self, utterance: tuple[list, list, list], now: float, utt_start: float) -> Optional[Final]:
+        """An utterance (tokens, frames, confidences) as a final, with NeMo's words."""
+        words = self.text.words_of(*utterance)
+        line = self.text.sep.join(w.text for w in words).strip()
+        if not line:
+            return None
+        out = [
+            Word(word=w.text.strip(), start=round(min(w.start, now), 3), end=round(min(w.end, now), 3),
+                 confidence=round(float(w.conf), 4))
+            for w in words
+            if w.text.strip()
+        ]
+        start = out[0].start if out else float(utt_start)
+        end = out[-1].end if out else now
+        return Final(text=line, start=start, end=end, words=out)
