@@ -43,18 +43,22 @@ async def run(stt, frames, **kwargs):
     return await run_test(stt, frames_to_send=frames, start_timeout=10, **kwargs)
 
 
-def turns(items: list[dict], pace: float = 0.5, gap: float = 0.6) -> list:
+def turns(items: list[dict], pace: float = 0.5, gap: float = 0.6, rate: int = 16000) -> list:
     """Each clip as one live turn: speech, the VAD's stop, then `gap` s of digital silence (a
     microphone keeps streaming), so the chunk holding the finalize point is the same audio
-    however late the worker steps it and every client hears the same thing."""
+    however late the worker steps it and every client hears the same thing. `rate`: the
+    pipeline's input rate (the clips are resampled once, here)."""
+    import soxr
     from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 
     frames = []
     for item in items:
-        end = int((item["speech_end"] + 0.15) * 16000)
-        frames += [VADUserStartedSpeakingFrame(start_secs=0.2)] + audio_frames(item["samples"][:end], pace=pace)
+        speech = item["samples"][: int((item["speech_end"] + 0.15) * 16000)]
+        if rate != 16000:
+            speech = soxr.resample(speech, 16000, rate).astype(np.float32)
+        frames += [VADUserStartedSpeakingFrame(start_secs=0.2)] + audio_frames(speech, rate=rate, pace=pace)
         frames += [VADUserStoppedSpeakingFrame(stop_secs=0.2)]
-        frames += audio_frames(np.zeros(int(gap * 16000), np.float32), pace=pace)
+        frames += audio_frames(np.zeros(int(gap * rate), np.float32), rate=rate, pace=pace)
     return frames
 
 
@@ -79,21 +83,26 @@ def then_wait(frames: list, done: Callable[[], bool], timeout: float = 60.0) -> 
         yield SleepFrame(sleep=0.02)
 
 
-async def reference_words(server, items: list[dict]) -> tuple[list[str], int]:
+def pipeline_at(rate: int) -> PipelineParams:
+    return PipelineParams(enable_metrics=True, audio_in_sample_rate=rate)
+
+
+async def reference_words(server, items: list[dict], rate: int = 16000) -> tuple[list[str], int]:
     """What our own service (NemotronSTTService) hears in the clips through the same worker:
     the words, and how many finals carried them."""
     from pipecat_nvasr import NemotronSTTService
 
-    down, up = await run(NemotronSTTService(url=server.ws, api_key=TOKEN), turns(items))
+    stt = NemotronSTTService(url=server.ws, api_key=TOKEN)
+    down, up = await run(stt, turns(items, rate=rate), pipeline_params=pipeline_at(rate))
     assert not errors(up)
     return final_words(down), len([f for f in down if isinstance(f, TranscriptionFrame)])
 
 
-async def transcribe_like_reference(stt, items: list[dict], reference: tuple[list[str], int]):
+async def transcribe_like_reference(stt, items: list[dict], reference: tuple[list[str], int], rate: int = 16000):
     """Run `stt` on the clips until it has pushed as many finals as our service did."""
     finals = Finals()
-    frames = then_wait(turns(items), lambda: len(finals.ids) >= reference[1])
-    return await run(stt, frames, observers=[finals])
+    frames = then_wait(turns(items, rate=rate), lambda: len(finals.ids) >= reference[1])
+    return await run(stt, frames, observers=[finals], pipeline_params=pipeline_at(rate))
 
 
 def final_words(frames) -> list[str]:
