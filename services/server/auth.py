@@ -38,7 +38,7 @@ def generate_token() -> str:
 def presented_token(conn: HTTPConnection) -> Optional[str]:
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():  # `Token`: Deepgram's clients
         return value.strip()
     return conn.query_params.get("token") or None
 
