@@ -85,9 +85,9 @@ def sdk_client(worker, api_key: str = TOKEN):
     return AsyncDeepgramClient(api_key=api_key, environment=environment)
 
 
-async def sdk_transcribe(worker, samples: np.ndarray, rate: int, **options) -> list:
-    """Stream `samples` at `rate` in 20 ms frames, Finalize, CloseStream; every message until
-    the socket closes, as the SDK parses them."""
+async def sdk_transcribe(worker, samples: np.ndarray, rate: int, finalize: bool = True, **options) -> list:
+    """Stream `samples` at `rate` in 20 ms frames, Finalize (if asked), CloseStream; every
+    message until the socket closes, as the SDK parses them."""
     from deepgram.core.events import EventType
 
     pcm = to_pcm16(samples)
@@ -102,7 +102,8 @@ async def sdk_transcribe(worker, samples: np.ndarray, rate: int, **options) -> l
         for start in range(0, len(pcm), step):
             await connection.send_media(pcm[start:start + step])
         await connection.send_keep_alive()
-        await connection.send_finalize()
+        if finalize:
+            await connection.send_finalize()
         await connection.send_close_stream()
         await listening  # returns when the worker closes the socket after Metadata
     return received
