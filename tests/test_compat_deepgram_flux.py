@@ -107,3 +107,15 @@ async def test_wrong_key_is_a_401(worker):
             pass
     assert refused.value.response.status_code == 401
     assert not worker.engine.sessions
+
+
+async def test_deepgram_live_on_parakeet_realtime_eou_sets_speech_final(worker, eou_set):
+    from deepgram.listen.v1.types import ListenV1Results
+
+    from test_compat_deepgram_live import sdk_transcribe
+
+    item = eou_set[1]
+    messages = await sdk_transcribe(worker, item["samples"], 16000, finalize=False)
+    finals = [m for m in messages if isinstance(m, ListenV1Results) and m.is_final and m.channel.alternatives[0].words]
+    assert len(finals) == len(item["utterances"]) and all(r.speech_final for r in finals)
+    await sessions_end(worker.engine)

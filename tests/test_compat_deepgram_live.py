@@ -198,3 +198,25 @@ async def test_browser_subprotocol_key_and_bearer_are_accepted(worker):
         assert '"Metadata"' in metadata
         assert ws.close_code == 1000
     await sessions_end(worker.engine)
+
+
+async def test_a_full_worker_is_a_503_at_the_handshake_and_the_others_go_on(worker):
+    import contextlib
+    import json
+
+    import websockets
+
+    headers = {"Authorization": f"Token {TOKEN}"}
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [await stack.enter_async_context(websockets.connect(f"{worker.ws}/deepgram/v1/listen",
+                                                                      additional_headers=headers))
+                   for _ in range(worker.engine.max_sessions)]
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"{worker.ws}/deepgram/v1/listen", additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 503
+        assert json.loads(refused.value.response.body)["err_msg"]
+        for ws in sockets:  # every admitted session still works to its end
+            await ws.send('{"type": "CloseStream"}')
+            assert '"Metadata"' in [m async for m in ws][-1]
+    await sessions_end(worker.engine)
