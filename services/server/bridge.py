@@ -62,7 +62,7 @@ class Dialect:
     """One protocol's translation; a fresh instance per session (it may keep per-session state)."""
 
     rate: int = 16000  # the client's sample rate
-    boost: list[BoostPhrase] = []  # key phrases from the handshake
+    boost: tuple[BoostPhrase, ...] | list[BoostPhrase] = ()  # key phrases from the handshake
 
     def opened(self, session) -> list[dict]:
         return []
@@ -111,9 +111,12 @@ def check_language(backend: ListenBackend, language: Optional[str]) -> None:
                            f"use one of {list(languages)}")
 
 
+_DENIAL_CODES = {401: ErrorCode.UNAUTHORIZED, 400: ErrorCode.BAD_MESSAGE, 503: ErrorCode.OVERLOADED}
+
+
 async def _deny(ws: WebSocket, metrics: Metrics, status: int, body: dict) -> None:
-    metrics.errors.labels(code=ErrorCode.UNAUTHORIZED if status == 401 else ErrorCode.BAD_MESSAGE
-                          if status < 500 else ErrorCode.OVERLOADED).inc()
+    """An HTTP answer to the upgrade request instead of a socket (uvicorn's denial-response extension)."""
+    metrics.errors.labels(code=_DENIAL_CODES.get(status, ErrorCode.BAD_MESSAGE)).inc()
     headers = {"WWW-Authenticate": "Token"} if status == 401 else None
     await ws.send_denial_response(JSONResponse(body, status_code=status, headers=headers))
 
@@ -142,7 +145,7 @@ async def serve_dialect(
     except Refused as refused:
         return await _deny(ws, metrics, refused.status, denial(refused.status, refused.message))
     if dialect.boost:
-        session.boost = dialect.boost
+        session.boost = list(dialect.boost)
 
     conn = _Connection(ws, backend, session, None, dialect.rate)
     if dialect.rate != backend.sample_rate:
