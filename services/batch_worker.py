@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from .batch.api import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, transcription_router
 from .batch.batcher import DynamicBatcher
+from .batch.deepgram_prerecorded import PRERECORDED_PATH, prerecorded_router
 from .batch.model import DEFAULT_MODEL, OfflineASRModel
 from .server.app import create_app
 from .server.metrics import Metrics
@@ -73,16 +74,19 @@ def create_batch_app(cfg: BatchConfig, model: Optional[OfflineASRModel] = None) 
         default_language=cfg.language,
         max_upload_bytes=cfg.max_upload_bytes,
     )
+    deepgram = prerecorded_router(batcher, sample_rate=model.sample_rate, model_name=model.model_name,
+                                  metrics=metrics, max_upload_bytes=cfg.max_upload_bytes)
     app = create_app(
         worker="parakeet",
         token=cfg.token,
-        routers=[router],
+        routers=[router, deepgram],
         metrics=metrics,
         on_startup=[start],
         on_shutdown=[batcher.stop],
         health=health,
     )
     app.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes, metrics=metrics)
+    app.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes, metrics=metrics, path=PRERECORDED_PATH)
     app.state.batcher = batcher
     app.state.model = model
     return app

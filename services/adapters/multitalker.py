@@ -68,6 +68,8 @@ class _RowASR(VectorisedRNNTAdapter):
 
 
 class MultitalkerAdapter(StreamingAdapter):
+    labels_speakers = True  # events carry `speaker` (the Deepgram dialect's `diarize=true` needs it)
+
     def __init__(self, model: str, diar_model: str, chunk_ms: int = 160, max_streams: int = 64,
                  device: str = "cpu", dtype: str = "float32", amp: bool = False, speaker_threshold: float = 0.5,
                  speaker_silence_ms: int = 640, target_threshold: float = 0.3, preroll_chunks: int = 1,

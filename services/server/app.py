@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pipecat_nvasr.protocol import LISTEN_PATH, PROTOCOL_VERSION
 
 from .auth import is_authorized, is_short_lived, presented_token
+from .compat import compat_router
 from .frontend import page_router, token_router
 from .listen import ListenBackend, ListenSettings, ListenState, serve_listen
 from .metrics import Metrics
@@ -96,6 +97,8 @@ def create_app(
         async def listen_socket(ws: WebSocket) -> None:
             await serve_listen(ws, listen, token, metrics, listen_state)
 
+        # Deepgram's and OpenAI's streaming protocols on the same backend (server/compat.py).
+        app.include_router(compat_router(listen, token, metrics, listen_state))
         # The browser page (public static files) and short-lived tokens for it.
         app.include_router(page_router())
         app.include_router(token_router(token, auth[0]))

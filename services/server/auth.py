@@ -38,7 +38,7 @@ def generate_token() -> str:
 def presented_token(conn: HTTPConnection) -> Optional[str]:
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():  # `Token`: Deepgram's clients
         return value.strip()
     return conn.query_params.get("token") or None
 
@@ -82,9 +82,14 @@ def is_authorized(conn: HTTPConnection, token: Optional[str], *, listen: bool = 
 
     `token=None` means the operator chose an open server (loopback only, see the CLI).
     """
+    return accepts(presented_token(conn), token, listen=listen)
+
+
+def accepts(given: Optional[str], token: Optional[str], *, listen: bool = False) -> bool:
+    """`is_authorized` for a credential already taken from the request (the compatible
+    protocols carry it in their own header forms: services/server/compat_auth.py)."""
     if token is None:
         return True
-    given = presented_token(conn)
     if given is None:
         return False
     if hmac.compare_digest(given.encode(), token.encode()):
