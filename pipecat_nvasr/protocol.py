@@ -16,6 +16,11 @@ SAMPLE_RATE = 16000
 # client rates a streaming worker accepts (it resamples them to the model's rate)
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 LISTEN_PATH = "/v1/listen"
+# Browsers cannot set an Authorization header on a WebSocket: they offer both of these as
+# subprotocols (`new WebSocket(url, [LISTEN_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + token])`)
+# and the worker answers with LISTEN_SUBPROTOCOL. docs/protocol.md, "Authentication".
+LISTEN_SUBPROTOCOL = "nvasr.v1"
+TOKEN_SUBPROTOCOL_PREFIX = "nvasr.token."
 TRANSCRIBE_PATH = "/v1/audio/transcriptions"
 
 

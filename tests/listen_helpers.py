@@ -33,11 +33,14 @@ def port_open(port: int) -> bool:
 class WorkerProcess:
     """`python -m services.cli serve nemotron` on a fixed port, as its own process."""
 
-    def __init__(self, model: Path, token: str, port: Optional[int] = None):
+    def __init__(self, model: Path, token: str, port: Optional[int] = None, log: Optional[Path] = None,
+                 extra_args: tuple[str, ...] = ()):
+        """`log`: a file that gets everything the process prints (stdout and stderr)."""
         self.model, self.token = model, token
         self.port = port or free_port()
         self.proc: Optional[subprocess.Popen] = None
-        self.log = open(os.devnull, "wb")
+        self.log = open(log if log is not None else os.devnull, "ab")
+        self.extra_args = tuple(extra_args)
 
     @property
     def ws(self) -> str:
@@ -46,7 +49,8 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
         cmd = [sys.executable, "-m", "services.cli", "serve", "nemotron", "--model", str(self.model),
-               "--device", "cpu", "--port", str(self.port), "--token", self.token, "--max-sessions", "4"]
+               "--device", "cpu", "--port", str(self.port), "--token", self.token, "--max-sessions", "4",
+               *self.extra_args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         return self
 
@@ -66,6 +70,14 @@ class WorkerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (the drain) and wait for the exit; returns the exit status."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=timeout)
+        self.log.flush()
+        return self.proc.returncode
 
     def stop(self) -> None:
         self.kill()

@@ -38,7 +38,7 @@ from pipecat_nvasr.protocol import (
 )
 
 from ..engine.session import Overloaded
-from .auth import is_authorized
+from .auth import accepted_subprotocol, is_authorized
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ async def serve_listen(
     ws: WebSocket, backend: ListenBackend, token: Optional[str], metrics: Metrics, state: Optional[ListenState] = None
 ) -> None:
     state = state or ListenState()
-    await ws.accept()
+    await ws.accept(subprotocol=accepted_subprotocol(ws))
     if not is_authorized(ws, token, listen=True):  # short-lived browser tokens too
         await _send_error(ws, metrics, ErrorCode.UNAUTHORIZED, "missing or wrong token", CloseCode.POLICY)
         return
