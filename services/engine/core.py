@@ -26,10 +26,11 @@ from typing import Callable, Optional
 
 from pipecat_nvasr.protocol import Error, ErrorCode
 
+from ..errors import Overloaded
 from .adapter import StepItem, StepOutput, StreamingAdapter
 from .load import LoadMonitor
 from .scheduler import ReadyQueue
-from .session import Overloaded, Session
+from .session import Session
 
 logger = logging.getLogger(__name__)
 

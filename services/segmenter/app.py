@@ -15,7 +15,7 @@ from typing import Optional
 from fastapi import FastAPI
 
 from ..batch.model import DEFAULT_MODEL
-from ..engine.session import Overloaded
+from ..errors import Overloaded
 from .. import redaction
 from ..server.app import create_app
 from ..server.metrics import Metrics
