@@ -88,13 +88,18 @@ class HoldingProxy:
     """TCP proxy on 127.0.0.1 that accepts at once but forwards nothing for `hold_s`
     seconds after its first connection, like Modal holding the upgrade during a cold start."""
 
-    def __init__(self, upstream_port: int, hold_s: float):
+    def __init__(self, upstream_port: int, hold_s: Optional[float]):
+        """`hold_s=None`: hold until the test calls `release()`."""
         self.upstream_port, self.hold_s = upstream_port, hold_s
         self.first_connection: Optional[float] = None
         self.released: Optional[float] = None
         self.connections = 0
         self._server = None
         self._tasks: set[asyncio.Task] = set()
+        self._release = asyncio.Event()
+
+    def release(self) -> None:
+        self._release.set()
 
     async def __aenter__(self) -> "HoldingProxy":
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -115,7 +120,10 @@ class HoldingProxy:
         try:
             now = time.monotonic()
             self.first_connection = self.first_connection or now
-            await asyncio.sleep(max(0.0, self.first_connection + self.hold_s - now))
+            if self.hold_s is None:
+                await self._release.wait()
+            else:
+                await asyncio.sleep(max(0.0, self.first_connection + self.hold_s - now))
             self.released = self.released or time.monotonic()
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
