@@ -18,6 +18,16 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 
 
+async def until(done, timeout: float = 120.0, every: float = 0.02) -> None:
+    """Return once `done()` holds (checked every `every` s): for conditions no event marks,
+    such as a counter in the server. `timeout` is a safety net that fails the test."""
+    async def watch():
+        while not done():
+            await asyncio.sleep(every)
+
+    await asyncio.wait_for(watch(), timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
