@@ -101,3 +101,14 @@ def test_redaction_covers_messages_arguments_and_tracebacks(caplog):
         assert secret not in text
     assert "/v1/listen?token=[redacted]&x=1 200" in text
     assert "RuntimeError: wss://w/v1/listen?token=[redacted]" in text
+
+
+def test_every_worker_app_installs_the_redaction(caplog):
+    """The app factory every worker goes through (CLI, Modal's web functions, batch, segmenter)
+    registers the worker's token: a log line that quotes it anywhere comes out redacted."""
+    from services.server.app import create_app
+
+    create_app(worker="batch", token="batch-worker-token-xyz")
+    with caplog.at_level(logging.INFO, logger="services.anything"):
+        logging.getLogger("services.anything").info("configured with batch-worker-token-xyz")
+    assert caplog.records[-1].getMessage() == "configured with [redacted]"

@@ -262,7 +262,8 @@ async def serve_listen(
     resample = _Resampler(rate, backend.sample_rate) if rate != backend.sample_rate else None
     conn = _Connection(ws, backend, session, resample, rate, state.settings)
     state.add(conn)
-    max_buffer = getattr(session, "max_buffer_samples", None)
+    # the per-session cap on audio ahead of transcription (engine and segmenter both keep one)
+    max_buffer = getattr(session, "max_buffer_samples", None) or getattr(backend, "max_buffer_samples", None)
     ready = Ready(session.id, backend.model_name, backend.sample_rate, backend.chunk_ms, keepalive=True,
                   idle_timeout=state.settings.idle_timeout,
                   max_buffer_s=max_buffer / backend.sample_rate if max_buffer else None)
