@@ -158,6 +158,8 @@ class NewerWorkerRelay:
     every server message gains unknown fields, and unknown message types appear before
     `ready` and after every final. Client frames pass through unchanged."""
 
+    greeting = True  # an unknown message type before `ready`
+
     def __init__(self, upstream: str):
         self.upstream = upstream
         self.added_messages = 0
@@ -193,8 +195,9 @@ class NewerWorkerRelay:
         headers = {k: v for k, v in client.request.headers.raw_items() if k.lower() == "authorization"}
         async with websockets.connect(self.upstream + client.request.path, additional_headers=headers,
                                       max_size=2**22) as server:
-            await client.send(json.dumps({"type": "hello", "features": ["speaker", "language_id"]}))
-            self.added_messages += 1
+            if self.greeting:
+                await client.send(json.dumps({"type": "hello", "features": ["speaker", "language_id"]}))
+                self.added_messages += 1
 
             async def upward():
                 async for frame in client:
@@ -213,3 +216,18 @@ class NewerWorkerRelay:
             finally:
                 for task in tasks:
                     task.cancel()
+
+
+class OlderWorkerRelay(NewerWorkerRelay):
+    """The same relay making the worker look *older*: `ready` without the fields protocol v1
+    added later (`keepalive`, `idle_timeout`, `max_buffer_s`); nothing else changes."""
+
+    greeting = False
+    LATER_READY_FIELDS = ("keepalive", "idle_timeout", "max_buffer_s")
+
+    def _newer(self, text: str) -> list[str]:
+        message = json.loads(text)
+        if message.get("type") == "ready":
+            for name in self.LATER_READY_FIELDS:
+                message.pop(name, None)
+        return [json.dumps(message)]

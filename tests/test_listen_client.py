@@ -12,7 +12,7 @@ from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.utils.errors import ErrorCategory
 
 from conftest import TOKEN, LiveServer
-from listen_helpers import HoldingProxy
+from listen_helpers import HoldingProxy, OlderWorkerRelay
 from pipecat_nvasr import NemotronSTTService
 from pipeline_harness import LivePipeline
 from scripted_worker import ScriptedBackend
@@ -116,3 +116,21 @@ async def test_keepalive_is_on_by_default_and_holds_a_muted_session():
             await p.queue(*frames(0.3))
     assert not p.errors(), [e.error for e in p.errors()]
     assert stt.sessions_opened == 1 and sum(backend.received) == int(0.6 * 16000)
+
+
+async def test_keepalive_to_an_older_worker_is_silence():
+    """A worker whose `ready` predates `keepalive` gets 100 ms of silence instead (any frame
+    resets its idle timer; an unknown message type would be a `bad_message`)."""
+    settings = ListenSettings(idle_timeout=1.5, reap_interval=0.1)
+    backend = CappedBackend(cap_s=30)
+    with LiveServer(create_app(worker="t", token=TOKEN, listen=backend, listen_settings=settings)) as server:
+        async with OlderWorkerRelay(server.ws) as relay:
+            stt = service(relay.ws, keepalive_timeout=0.4, keepalive_interval=0.2)
+            async with LivePipeline(stt) as p:
+                await p.queue(*frames(0.3))
+                await p.until(lambda: p.finals())
+                assert not stt.worker_session.keepalive and stt.worker_session.idle_timeout is None
+                await p.until(lambda: stt.keepalives_sent >= 8)  # well past the idle timeout
+    assert not p.errors(), [e.error for e in p.errors()]
+    assert stt.sessions_opened == 1
+    assert sum(backend.received) >= int(0.3 * 16000) + 8 * 1600  # the audio, then silence
