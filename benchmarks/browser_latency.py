@@ -78,7 +78,7 @@ class Worker:
 async def page_latencies(worker: Worker, wav: Path, seconds: float) -> list[dict]:
     with Browser(wav) as browser:
         page = await browser.page()
-        await page.goto(f"{worker.http}/?token={TOKEN}&autostart=1")
+        await page.goto(f"{worker.http}/#token={TOKEN}&autostart=1")
         await page.wait_for("document.querySelector('#status').dataset.state === 'listening'", timeout=20)
         await asyncio.sleep(seconds + 1.0)
         finals = await page.evaluate(

@@ -1,6 +1,8 @@
 // The page: microphone → AudioWorklet (16 kHz PCM) → `/v1/listen` → partials and finals.
 //
-// Contract for automation: `/?token=T&autostart=1` starts at once with token T; every
+// Contract for automation: `/#token=T&autostart=1` starts at once with token T (the URL
+// fragment never leaves the browser; the token goes to the worker as a WebSocket
+// subprotocol, never in a URL, so no server or proxy log can keep it); every
 // final is a `.final` element appended to `#transcript` (with `data-speaker` when the
 // worker sends one, and `data-latency-ms`: audio sent → final received); the current
 // partial is `#partial`; `#status[data-state]` says idle/connecting/listening/stopped/error.
@@ -9,6 +11,8 @@
 const TARGET_RATE = 16000;
 const FRAME_SAMPLES = 640; // 40 ms per WebSocket frame
 const MAX_QUEUED_FRAMES = 250; // 10 s of audio waiting for `ready`
+const LISTEN_SUBPROTOCOL = "nvasr.v1"; // pipecat_nvasr/protocol.py
+const TOKEN_SUBPROTOCOL_PREFIX = "nvasr.token.";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -100,8 +104,15 @@ class ListenRun {
   openSocket() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const query = new URLSearchParams({ sample_rate: String(TARGET_RATE) });
-    if (this.token) query.set("token", this.token);
-    this.socket = new WebSocket(`${scheme}//${location.host}/v1/listen?${query}`);
+    const protocols = [LISTEN_SUBPROTOCOL];
+    if (this.token) protocols.push(TOKEN_SUBPROTOCOL_PREFIX + this.token);
+    try {
+      this.socket = new WebSocket(`${scheme}//${location.host}/v1/listen?${query}`, protocols);
+    } catch (error) { // a subprotocol may only hold token characters: A-Z a-z 0-9 and ._-~ etc.
+      this.socket = null;
+      this.fail("This token has characters a browser cannot send; use a short-lived token from POST /v1/tokens.");
+      return;
+    }
     this.socket.binaryType = "arraybuffer";
     this.socket.onmessage = (event) => this.onMessage(event.data);
     this.socket.onclose = (event) => this.onClose(event);
@@ -259,12 +270,14 @@ ui.start.addEventListener("click", start);
 ui.stop.addEventListener("click", () => run && run.stop());
 window.addEventListener("pagehide", () => run && run.stop({ immediately: true }));
 
-// `?token=…&autostart=1`: take the token, then drop it from the address bar and history.
-const params = new URLSearchParams(location.search);
-if (params.has("token")) {
-  ui.token.value = params.get("token");
-  params.delete("token");
-  const rest = params.toString();
-  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
+// `#token=…&autostart=1`: take the token from the fragment (never sent to a server), then
+// drop it from the address bar and history. `autostart` may also be in the query.
+const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
+if (fragment.has("token")) {
+  ui.token.value = fragment.get("token");
+  fragment.delete("token");
+  const rest = fragment.toString();
+  history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
 }
-if (params.get("autostart") === "1") start();
+const query = new URLSearchParams(location.search);
+if (fragment.get("autostart") === "1" || query.get("autostart") === "1") start();

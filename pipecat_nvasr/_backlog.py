@@ -22,8 +22,13 @@ class AudioBacklog:
         self.items.append(item)
         if isinstance(item, bytes):
             self.bytes += len(item)
+        return self.trim(self.max_bytes)
+
+    def trim(self, max_bytes: int) -> int:
+        """Drop the oldest audio (never a `finalize` mark) until at most `max_bytes` remain;
+        returns how many bytes went."""
         dropped = 0
-        while self.bytes > self.max_bytes:
+        while self.bytes > max_bytes:
             index = next(i for i, x in enumerate(self.items) if isinstance(x, bytes))
             oldest = self.items[index]
             del self.items[index]

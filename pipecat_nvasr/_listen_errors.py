@@ -17,6 +17,8 @@ ERROR_CATEGORIES = {
     ErrorCode.UNAVAILABLE: ErrorCategory.SERVER,  # that worker died; another takes the session
     ErrorCode.BAD_AUDIO: ErrorCategory.APPLICATION,
     ErrorCode.BAD_MESSAGE: ErrorCategory.APPLICATION,
+    ErrorCode.RATE_LIMITED: ErrorCategory.RATE_LIMIT,  # e.g. `configure` too often; the session goes on
+    ErrorCode.TIMEOUT: ErrorCategory.CONNECTIVITY,
 }
 # The same codes as the answer to opening a session (before `ready`): the worker refused
 # the session's configuration (rate, language), which no retry will change.

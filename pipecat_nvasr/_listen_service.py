@@ -50,12 +50,19 @@ from .protocol import (
     Closed,
     Configure,
     Error,
+    FATAL_CLOSE,
     Final,
     Finalize,
     Partial,
 )
 
-DEFAULT_AUDIO_BUFFER_S = 10.0
+# Kept while there is no session, then sent at once: below the worker's per-session cap
+# (10 s ahead of transcription, announced in `ready` as `max_buffer_s`), so a catch-up after
+# an outage never trips `overloaded` and loses what it was meant to save.
+DEFAULT_AUDIO_BUFFER_S = 8.0
+# Without audio for this long (a muted STT, a bot that talks), the service tells the worker it
+# is still there (`keepalive`), well inside the worker's idle timeout (60 s by default).
+DEFAULT_KEEPALIVE_S = 10.0
 
 
 def boost_phrases(items: Any) -> list[BoostPhrase]:
@@ -125,6 +132,8 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         close_timeout: float = 5.0,
         audio_buffer_secs: float = DEFAULT_AUDIO_BUFFER_S,
         languages: Optional[Sequence[str]] | NotGiven = NOT_GIVEN,
+        keepalive_timeout: Optional[float] = DEFAULT_KEEPALIVE_S,
+        keepalive_interval: float = 5.0,
         **kwargs,
     ):
         """Args:
@@ -138,7 +147,13 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         close_timeout: seconds to wait on `close` for the last finals and `closed`.
         audio_buffer_secs: how much of the user's audio is kept while there is no session
             (connecting, cold start, reconnecting); it is sent once `ready` arrives. Past
-            this, the oldest audio is dropped (with a warning).
+            this, the oldest audio is dropped (with a warning). A worker that announces its
+            per-session cap (`ready.max_buffer_s`) gets at most 80 % of it at once.
+        keepalive_timeout: seconds without audio after which the service tells the worker it
+            is still there (`keepalive`; silence to a worker that predates it), so a muted STT
+            is not cut off by the worker's idle timeout. Shortened to a third of the idle
+            timeout a worker announces. `None` turns it off.
+        keepalive_interval: how often the service checks (shortened with the timeout).
         languages: base language codes the worker's model transcribes, checked before
             connecting (an unsupported one is a permanent configuration error). `None`
             leaves the check to the worker, which refuses the session just as permanently.
@@ -154,7 +169,9 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         )
         if settings is not None:
             store.apply_update(settings)
-        super().__init__(sample_rate=sample_rate, settings=store, **kwargs)
+        super().__init__(sample_rate=sample_rate, settings=store, keepalive_timeout=keepalive_timeout,
+                         keepalive_interval=keepalive_interval, **kwargs)
+        self._keepalive_asked = (keepalive_timeout, keepalive_interval)
         self._api_key = api_key
         self._connect_timeout = connect_timeout
         self._ready_timeout = ready_timeout
@@ -165,12 +182,14 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         self._live = False  # a session is open and the backlog is sent: audio goes straight out
         self._backlog = AudioBacklog(0)
         self._closed = asyncio.Event()
+        self._session_end_reported = False  # the worker's fatal `error` already became an ErrorFrame
         self._unknown_types = UnknownTypes()
         self._wire_rate = SAMPLE_RATE
         self._resampler = None
         self.worker_session: Optional[Ready] = None  # the worker's latest `ready` message
         self.sessions_opened = 0
         self.backlog_seconds_sent = 0.0  # audio kept while there was no session, then sent
+        self.keepalives_sent = 0
 
     def _store_defaults(self) -> dict[str, Any]:
         """Store-mode values of the fields a subclass's Settings adds."""
@@ -318,6 +337,8 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
 
     async def _on_error(self, error: Error):
         category = ERROR_CATEGORIES.get(error.code, ErrorCategory.UNKNOWN)
+        if error.code in FATAL_CLOSE:  # the close that follows is this error, not a second one
+            self._session_end_reported = True
         await self.push_error(f"worker error {error.code}: {error.message}", category=category)
 
     @traced_stt

@@ -28,6 +28,7 @@ from .protocol import (
     Error,
     ErrorCode,
     Finalize,
+    KeepAlive,
     ProtocolError,
     Ready,
     UnknownMessage,
@@ -84,6 +85,8 @@ class ListenSessionMixin:
                 what = "lost the session" if lost else "cannot open a session"
                 message = f"{what} on {self._settings.url} ({e}); retrying, the audio is kept"
                 await self._call_event_handler("on_connection_error", message)
+                if lost and self._session_end_reported:
+                    reported = True  # the worker's `error` said why: that was this outage's ErrorFrame
                 if not reported:  # one ErrorFrame per outage; each retry is logged
                     reported = True
                     await self.push_error(message, exception=e, category=category)
@@ -125,14 +128,56 @@ class ListenSessionMixin:
         self.worker_session = message
         self._websocket = websocket
         self._closed.clear()
+        self._session_end_reported = False
         self.sessions_opened += 1
         if message.model and message.model != self._settings.model:
             self._settings.model = message.model
             self._sync_model_name_to_metrics()
         logger.debug(f"{self}: session {message.session_id} on {message.model} ({message.chunk_ms} ms chunks)")
         await self._send_configure(always=False)
+        self._fit_backlog(message)
         await self._send_backlog(websocket)
+        await self._fit_keepalive(message)
         await self._call_event_handler("on_connected")
+
+    def _fit_backlog(self, ready: Ready):
+        """Send at most 80 % of the worker's per-session cap at once: more would be cut off
+        as `overloaded`, losing all of it (the oldest audio goes first, as when it is kept)."""
+        if not ready.max_buffer_s:
+            return
+        limit = int(ready.max_buffer_s * 0.8 * self._wire_rate) * 2
+        dropped = self._backlog.trim(limit)
+        if dropped:
+            logger.warning(f"{self}: the worker takes {ready.max_buffer_s:g}s of audio at once; dropping the "
+                           f"oldest {dropped / 2 / self._wire_rate:.2f}s of the {self._audio_buffer_secs:g}s kept")
+
+    async def _fit_keepalive(self, ready: Ready):
+        """Keepalives well inside the idle timeout this worker announced (a third of it)."""
+        timeout, interval = self._keepalive_asked
+        if timeout is None:
+            return
+        if ready.idle_timeout:
+            timeout = min(timeout, ready.idle_timeout / 3)
+            interval = min(interval, timeout / 2)
+        if (timeout, interval) != (self._keepalive_timeout, self._keepalive_interval):
+            self._keepalive_timeout, self._keepalive_interval = timeout, interval
+            await self._cancel_keepalive_task()
+            self._create_keepalive_task()
+
+    def _is_keepalive_ready(self) -> bool:
+        return self._live and self._websocket is not None
+
+    async def _send_keepalive(self, silence: bytes):
+        """`keepalive` to a worker that announced it; to an older one, 100 ms of silence
+        at the wire rate (any frame resets its idle timer)."""
+        websocket = self._websocket
+        if websocket is None:
+            return
+        if self.worker_session is not None and self.worker_session.keepalive:
+            await websocket.send(dump(KeepAlive()))
+        else:
+            await websocket.send(b"\x00\x00" * (self._wire_rate // 10))
+        self.keepalives_sent += 1
 
     async def _first_known_message(self, websocket):
         while True:

@@ -16,6 +16,11 @@ SAMPLE_RATE = 16000
 # client rates a streaming worker accepts (it resamples them to the model's rate)
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 LISTEN_PATH = "/v1/listen"
+# Browsers cannot set an Authorization header on a WebSocket: they offer both of these as
+# subprotocols (`new WebSocket(url, [LISTEN_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + token])`)
+# and the worker answers with LISTEN_SUBPROTOCOL. docs/protocol.md, "Authentication".
+LISTEN_SUBPROTOCOL = "nvasr.v1"
+TOKEN_SUBPROTOCOL_PREFIX = "nvasr.token."
 TRANSCRIBE_PATH = "/v1/audio/transcriptions"
 
 
@@ -27,8 +32,9 @@ class ErrorCode:
     INTERNAL = "internal"
     TIMEOUT = "timeout"  # the client sent nothing for the worker's idle timeout
     UNAVAILABLE = "unavailable"  # the worker failed as a whole and is being replaced: connect again
+    RATE_LIMITED = "rate_limited"  # e.g. `configure` faster than the worker allows; not fatal
 
-    ALL = (BAD_AUDIO, BAD_MESSAGE, UNAUTHORIZED, OVERLOADED, INTERNAL, TIMEOUT, UNAVAILABLE)
+    ALL = (BAD_AUDIO, BAD_MESSAGE, UNAUTHORIZED, OVERLOADED, INTERNAL, TIMEOUT, UNAVAILABLE, RATE_LIMITED)
 
 
 class CloseCode:
@@ -42,6 +48,16 @@ class CloseCode:
     SERVICE_RESTART = 1012  # the worker is shutting down: finals were sent, reconnect
     OVERLOADED = 1013  # try again later
     IDLE = 4408  # no frame from the client for the idle timeout (like HTTP 408)
+
+
+# The errors that end a session, and the close code that follows each (docs/protocol.md, "Errors").
+FATAL_CLOSE = {
+    ErrorCode.UNAUTHORIZED: CloseCode.POLICY,
+    ErrorCode.OVERLOADED: CloseCode.OVERLOADED,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL,
+    ErrorCode.UNAVAILABLE: CloseCode.INTERNAL,
+    ErrorCode.TIMEOUT: CloseCode.IDLE,
+}
 
 
 class ProtocolError(Exception):
@@ -78,7 +94,18 @@ class Close:
     type: str = "close"
 
 
-ClientMessage = Union[Configure, Finalize, Close]
+@dataclass
+class KeepAlive:
+    """Nothing to transcribe, but the client is there: resets the worker's idle timeout.
+
+    WebSocket pings never reach the worker's application, so a client that sends no audio
+    for a while (a muted bot) says so with this. Only sent to a worker whose `ready` has
+    `keepalive: true`; to an older one a client sends a little silence instead."""
+
+    type: str = "keepalive"
+
+
+ClientMessage = Union[Configure, Finalize, Close, KeepAlive]
 
 MAX_BOOST_PHRASES = 100
 
@@ -121,6 +148,8 @@ def parse_client_message(text: str) -> ClientMessage:
         return Finalize()
     if kind == "close":
         return Close()
+    if kind == "keepalive":
+        return KeepAlive()
     raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type: {kind!r}")
 
 
@@ -134,6 +163,10 @@ class Ready:
     sample_rate: int
     chunk_ms: int
     protocol: int = PROTOCOL_VERSION
+    # Added within v1 (older workers leave them out; these defaults are what that means):
+    keepalive: bool = False  # the worker takes `{"type": "keepalive"}`
+    idle_timeout: Optional[float] = None  # seconds without a client frame before `timeout`
+    max_buffer_s: Optional[float] = None  # audio ahead of transcription before `overloaded`
     type: str = "ready"
 
 

@@ -1,9 +1,10 @@
-"""Small random-weight cache-aware models built from config, for tests and benchmarks.
+"""The one builder of small cache-aware models: tokenizers and configs, for tests, benchmarks
+and the training recipe in tools/tiny_model (which calls these with its own sizes).
 
 No pretrained weights are reachable offline, so the engine is exercised with models of the
 production architecture (cache-aware FastConformer + RNNT, chunked_limited attention,
 causal convolutions) shrunk to a few layers. A SentencePiece tokenizer is trained on a
-word list on the spot. Everything is deterministic for a given seed.
+word list (or given sentences) on the spot. Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ WORDS = (
 EOU_PIECES = ["<EOU>", "<EOB>"]
 
 
-def train_tokenizer(out_dir: str | Path, vocab_size: int = 64, eou: bool = False) -> Path:
-    """Train a BPE SentencePiece model on WORDS; with `eou`, <EOU>/<EOB> become the last pieces."""
+def train_tokenizer(
+    out_dir: str | Path, vocab_size: int = 64, eou: bool = False, texts: Optional[list[str]] = None, **options
+) -> Path:
+    """Train a BPE SentencePiece model on `texts` (default: WORDS) into out_dir/tokenizer.model
+    (+ vocab.txt for NeMo); with `eou`, <EOU>/<EOB> become the last two pieces. `options` go
+    to SentencePieceTrainer (the training recipe sets a hard vocabulary limit, threads...)."""
     import sentencepiece as spm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
-    lines = [" ".join(WORDS[i : i + 5]) for i in range(0, len(WORDS), 3)] + WORDS
+    lines = texts if texts is not None else [" ".join(WORDS[i : i + 5]) for i in range(0, len(WORDS), 3)] + WORDS
     corpus.write_text("\n".join(lines) + "\n")
-    spm.SentencePieceTrainer.train(
+    settings = dict(
         input=str(corpus),
         model_prefix=str(out_dir / "tokenizer"),
         vocab_size=vocab_size - (len(EOU_PIECES) if eou else 0),
@@ -41,12 +46,30 @@ def train_tokenizer(out_dir: str | Path, vocab_size: int = 64, eou: bool = False
         hard_vocab_limit=False,
         minloglevel=2,
     )
+    spm.SentencePieceTrainer.train(**{**settings, **options})
     if eou:
         _append_pieces(out_dir / "tokenizer.model", EOU_PIECES)
-    sp = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    (out_dir / "vocab.txt").write_text("\n".join(pieces) + "\n")
+    _write_vocab(out_dir)
     return out_dir
+
+
+def add_eou_pieces(src_dir: str | Path, out_dir: str | Path) -> Path:
+    """A copy of a tokenizer with <EOU>, <EOB> as its LAST two pieces (what
+    EncDecRNNTBPEEOUModel needs). Every existing piece keeps its id, so an RNNT model's
+    weights carry over to the EOU model."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.model").write_bytes((Path(src_dir) / "tokenizer.model").read_bytes())
+    _append_pieces(out_dir / "tokenizer.model", EOU_PIECES)
+    _write_vocab(out_dir)
+    return out_dir
+
+
+def _write_vocab(out_dir: Path) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
+    (out_dir / "vocab.txt").write_text("".join(sp.id_to_piece(i) + "\n" for i in range(sp.get_piece_size())))
 
 
 def _append_pieces(model_path: Path, pieces: list[str]) -> None:
@@ -88,13 +111,23 @@ def model_config(
     n_mels: int = 80,
     n_fft: int = 512,
     window_size: float = 0.025,
+    hybrid: bool = False,
+    dropout: float = 0.0,
+    dither: float = 0.0,
+    optim: Optional[dict] = None,
+    validation_batch_size: int = 1,
 ) -> dict:
-    """A cache-aware FastConformer-RNNT config in the shape of the production models."""
+    """A cache-aware FastConformer-RNNT config in the shape of the production models.
+
+    `hybrid` adds NeMo's auxiliary CTC head (EncDecHybridRNNTCTCBPEModel); `dropout`,
+    `dither` and `optim` are for training (tools/tiny_model)."""
     att_context_size = att_context_size or [[70, 13], [70, 6], [70, 1], [70, 0]]
     pred_hidden = pred_hidden or d_model
     sample_rate = 16000
     cfg = {
         "sample_rate": sample_rate,
+        "log_prediction": False,
+        "compute_eval_loss": False,
         "model_defaults": {"enc_hidden": d_model, "pred_hidden": pred_hidden, "joint_hidden": pred_hidden},
         "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
         "preprocessor": {
@@ -108,7 +141,7 @@ def model_config(
             "n_fft": n_fft,
             "log": True,
             "frame_splicing": 1,
-            "dither": 0.0,
+            "dither": dither,
             "pad_to": 0,
             "pad_value": 0.0,
         },
@@ -134,35 +167,56 @@ def model_config(
             "conv_kernel_size": 9,
             "conv_norm_type": "layer_norm",
             "conv_context_size": "causal",
-            "dropout": 0.0,
-            "dropout_pre_encoder": 0.0,
+            "dropout": dropout,
+            "dropout_pre_encoder": dropout,
             "dropout_emb": 0.0,
-            "dropout_att": 0.0,
+            "dropout_att": dropout,
         },
         "decoder": {
             "_target_": "nemo.collections.asr.modules.RNNTDecoder",
             "normalization_mode": None,
             "random_state_sampling": False,
             "blank_as_pad": True,
-            "prednet": {"pred_hidden": pred_hidden, "pred_rnn_layers": pred_rnn_layers, "t_max": None, "dropout": 0.0},
+            "prednet": {"pred_hidden": pred_hidden, "pred_rnn_layers": pred_rnn_layers, "t_max": None, "dropout": dropout},
         },
         "joint": {
             "_target_": "nemo.collections.asr.modules.RNNTJoint",
             "log_softmax": None,
             "preserve_memory": False,
             "fuse_loss_wer": False,
-            "jointnet": {"joint_hidden": pred_hidden, "activation": "relu", "dropout": 0.0},
+            "jointnet": {"joint_hidden": pred_hidden, "activation": "relu", "dropout": dropout},
         },
         "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
         "loss": {"loss_name": "default"},
-        "optim": {"name": "adamw", "lr": 1e-3},
+        "optim": optim or {"name": "adamw", "lr": 1e-3},
         "train_ds": None,
         "test_ds": None,
-        "validation_ds": None
-        if eou
-        else {"manifest_filepath": None, "sample_rate": sample_rate, "batch_size": 1, "shuffle": False},
+        # transcribe() needs a validation_ds with a `shuffle` key (a stub); the EOU model needs none
+        "validation_ds": None if eou else {
+            "manifest_filepath": None, "sample_rate": sample_rate, "batch_size": validation_batch_size, "shuffle": False},
     }
+    if hybrid:
+        cfg["aux_ctc"] = {
+            "ctc_loss_weight": 0.5, "use_cer": False, "ctc_reduction": "mean_batch",
+            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": None,
+                        "num_classes": -1, "vocabulary": []},
+            "decoding": {"strategy": "greedy"}}
     return cfg
+
+
+def model_class(eou: bool = False, hybrid: bool = False):
+    """The NeMo class for a config: the EOU RNNT model, hybrid RNNT+CTC, or plain RNNT."""
+    if eou:
+        from nemo.collections.asr.models.asr_eou_models import EncDecRNNTBPEEOUModel
+
+        return EncDecRNNTBPEEOUModel
+    if hybrid:
+        from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
+
+        return EncDecHybridRNNTCTCBPEModel
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+    return EncDecRNNTBPEModel
 
 
 def build_model(
@@ -173,11 +227,7 @@ def build_model(
     from omegaconf import OmegaConf
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if eou:
-        from nemo.collections.asr.models.asr_eou_models import EncDecRNNTBPEEOUModel as cls
-    else:
-        from nemo.collections.asr.models import EncDecRNNTBPEModel as cls
-
+    cls = model_class(eou, config_kwargs.get("hybrid", False))
     torch.manual_seed(seed)
     cfg = OmegaConf.create(model_config(tokenizer_dir, eou=eou, **config_kwargs))
     model = cls(cfg=cfg)

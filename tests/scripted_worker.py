@@ -37,7 +37,7 @@ class ScriptedBackend:
 
     def open(self) -> ScriptedSession:
         if self.full:
-            from services.engine.session import Overloaded
+            from services.errors import Overloaded
 
             raise Overloaded("this scripted worker is full")
         session = ScriptedSession()

@@ -1,7 +1,7 @@
 """The web page and the WebRTC demo in real headless Chromium, a WAV file as the microphone.
 
 A real nemotron worker (uvicorn on 127.0.0.1, the project's trained tiny model) serves the
-page; Chromium opens it with `?token=…&autostart=1` and plays held-out speech into its fake
+page; Chromium opens it with `#token=…&autostart=1` and plays held-out speech into its fake
 microphone. Screenshots go to test-artifacts/ (or $NVASR_TEST_ARTIFACTS), with the
 browser-to-final latencies the page measured.
 """
@@ -126,7 +126,7 @@ async def test_page_transcribes_the_microphone_and_stop_ends_the_session(worker,
     wav, reference = speech
     with Browser(wav) as browser:
         page = await browser.page()
-        finals = await listen_until_spoken(page, f"{worker.http}/?token={TOKEN}&autostart=1", len(reference))
+        finals = await listen_until_spoken(page, f"{worker.http}/#token={TOKEN}&autostart=1", len(reference))
         await page.screenshot(ARTIFACTS / "page.png")
 
         assert heard_right(finals, reference), (finals, reference)
@@ -161,14 +161,15 @@ async def test_short_lived_token_opens_the_page_and_bad_ones_are_refused(worker,
 
     with Browser(wav) as browser:
         page = await browser.page()
-        finals = await listen_until_spoken(page, f"{worker.http}/?token={short}&autostart=1", len(reference))
+        finals = await listen_until_spoken(page, f"{worker.http}/#token={short}&autostart=1", len(reference))
         assert heard_right(finals, reference), (finals, reference)
         save_latencies("page_latency_short_lived_token", finals)
 
         expiry = int(expiring["token"].split(".")[1])
         await asyncio.sleep(max(0.0, expiry - time.time() + 0.05))  # the 1 s token has expired
-        for bad in (forged, longer, expiring["token"], ""):
-            await page.goto(f"{worker.http}/?token={bad}&autostart=1")
+        for attempt, bad in enumerate((forged, longer, expiring["token"], "")):
+            # a new query each time: a change of fragment alone would not reload the page
+            await page.goto(f"{worker.http}/?attempt={attempt}#token={bad}&autostart=1")
             assert "refused the token" in await status_when(page, "error"), bad
         await page.screenshot(ARTIFACTS / "page_refused.png")
         await page.close()
@@ -182,7 +183,7 @@ async def test_html_in_a_final_is_shown_as_text(tmp_path):
     app = create_app(worker="scripted", token=TOKEN, listen=ScriptedBackend(crafted, speaker="spk1"))
     with LiveServer(app) as server, Browser() as browser:
         page = await browser.page()
-        await page.goto(f"{server.http}/?token={TOKEN}&autostart=1")
+        await page.goto(f"{server.http}/#token={TOKEN}&autostart=1")
         await page.wait_for(f"{FINALS}.length === 1", timeout=15)
         finals = await finals_of(page)
         assert finals[0]["text"] == "spk1" + crafted  # the speaker label, then the text as typed
@@ -318,12 +319,12 @@ async def test_the_page_explains_overload_network_loss_and_a_denied_mic(speech):
     backend = ScriptedBackend("hello")
     with LiveServer(full) as busy, Browser(wav) as browser:
         page = await browser.page()
-        await page.goto(f"{busy.http}/?token={TOKEN}&autostart=1")
+        await page.goto(f"{busy.http}/#token={TOKEN}&autostart=1")
         assert "busy (overloaded)" in await status_when(page, "error")
 
         with LiveServer(create_app(worker="scripted", token=TOKEN, listen=backend)) as server:
             # Leaving the page closes the socket (and the mic): the worker forgets the session.
-            await page.goto(f"{server.http}/?token={TOKEN}&autostart=1")
+            await page.goto(f"{server.http}/#token={TOKEN}&autostart=1")
             await status_when(page, "listening")
             assert len(backend.sessions) == 1
             await page.goto("about:blank")
@@ -332,7 +333,7 @@ async def test_the_page_explains_overload_network_loss_and_a_denied_mic(speech):
                 await asyncio.sleep(0.05)
             assert not backend.sessions, "pagehide must close the socket"
 
-            await page.goto(f"{server.http}/?token={TOKEN}&autostart=1")
+            await page.goto(f"{server.http}/#token={TOKEN}&autostart=1")
             await status_when(page, "listening")
         # The worker went away under the page.
         assert "Connection lost" in await status_when(page, "error")
@@ -342,6 +343,6 @@ async def test_the_page_explains_overload_network_loss_and_a_denied_mic(speech):
     with LiveServer(create_app(worker="scripted", token=TOKEN, listen=ScriptedBackend("x"))) as server:
         with Browser(wav, allow_mic=False) as browser:
             page = await browser.page()
-            await page.goto(f"{server.http}/?token={TOKEN}&autostart=1")
+            await page.goto(f"{server.http}/#token={TOKEN}&autostart=1")
             assert "Microphone access was denied" in await status_when(page, "error")
             await page.close()

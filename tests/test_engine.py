@@ -16,7 +16,8 @@ from conftest import noise_audio
 from pipecat_nvasr.protocol import Closed, Final
 from services.engine.core import EngineCore
 from services.engine.scheduler import select_batch
-from services.engine.session import Overloaded, Session
+from services.engine.session import Session
+from services.errors import Overloaded
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,24 @@ async def test_a_minted_token_opens_listen_by_query_or_header(server):
         assert first["type"] == "ready", first
 
 
+async def test_a_token_offered_as_subprotocol_opens_listen_and_is_never_echoed(server):
+    """The browser page's way: `new WebSocket(url, ["nvasr.v1", "nvasr.token.<token>"])`."""
+    from pipecat_nvasr.protocol import LISTEN_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX
+
+    for token in (mint(server)["token"], TOKEN):
+        offered = [LISTEN_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + token]
+        async with websockets.connect(f"{server.ws}/v1/listen", subprotocols=offered) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            assert ws.subprotocol == LISTEN_SUBPROTOCOL  # the answer names the protocol, not the token
+    for wrong in ("st1.x.y.z", "not-the-token"):
+        offered = [LISTEN_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + wrong]
+        async with websockets.connect(f"{server.ws}/v1/listen", subprotocols=offered) as ws:
+            assert json.loads(await ws.recv())["code"] == "unauthorized"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1008
+
+
 def test_a_short_lived_token_cannot_mint_or_read_admin_routes(server):
     short = mint(server)["token"]
     for method, path in (("POST", "/v1/tokens"), ("GET", "/metrics"), ("GET", "/health")):

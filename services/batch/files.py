@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .formats import render
+from .formats import from_verbose_json, render
 from .model import Transcript
 
 OUTPUT_FORMATS = ("txt", "json", "srt", "vtt")
@@ -63,8 +63,6 @@ async def transcribe_remote(
 
     from pipecat_nvasr.protocol import TRANSCRIBE_PATH
 
-    from ..segmenter.transcriber import transcript_from_verbose
-
     endpoint = url.rstrip("/") + TRANSCRIBE_PATH
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     gate = asyncio.Semaphore(concurrency)
@@ -82,7 +80,7 @@ async def transcribe_remote(
             async with gate, session.post(endpoint, data=form, headers=headers) as response:
                 if response.status != 200:
                     raise RuntimeError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
-                results[path] = transcript_from_verbose(await response.json())
+                results[path] = from_verbose_json(await response.json())
             if progress:
                 progress.step()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .model import Transcript
+from .model import Segment, Transcript, WordTiming
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("word", "segment")
@@ -35,6 +35,18 @@ def to_json(t: Transcript) -> dict:
 
 def _usage(t: Transcript) -> dict:
     return {"type": "duration", "seconds": t.duration}
+
+
+def from_verbose_json(body: dict) -> Transcript:
+    """verbose_json (with word and segment granularity) → Transcript: what a client of the
+    batch worker (the CLI, the segmenter) reads back."""
+    words = [
+        WordTiming(w["word"], float(w["start"]), float(w["end"]), float(w.get("confidence", 1.0)))
+        for w in body.get("words") or []
+    ]
+    segments = [Segment(s["text"], float(s["start"]), float(s["end"])) for s in body.get("segments") or []]
+    return Transcript(text=body.get("text", "").strip(), duration=float(body.get("duration", 0.0)), words=words,
+                      segments=segments)
 
 
 def to_verbose_json(t: Transcript, language: str, granularities: Sequence[str] = ("segment",)) -> dict:

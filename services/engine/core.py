@@ -36,10 +36,11 @@ from typing import Callable, Optional
 
 from pipecat_nvasr.protocol import Error, ErrorCode
 
+from ..errors import Overloaded, Unavailable
 from .adapter import StepItem, StreamingAdapter
 from .load import LoadMonitor
 from .scheduler import ReadyQueue
-from .session import Overloaded, Session, Unavailable
+from .session import Session
 
 logger = logging.getLogger(__name__)
 

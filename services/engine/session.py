@@ -18,20 +18,13 @@ import numpy as np
 
 from pipecat_nvasr.protocol import BoostPhrase, Closed, Error, Final, Partial
 
+from ..errors import Overloaded
 from .adapter import StepItem, StepOutput
 from .outbox import Outbox
 
 Outgoing = Union[Partial, Final, Closed, Error]
 
 _stream_ids = itertools.count(1)
-
-
-class Overloaded(Exception):
-    """The worker cannot take this (more sessions, or audio faster than it keeps up)."""
-
-
-class Unavailable(Exception):
-    """The worker can no longer serve at all (a dead engine): connect again, elsewhere."""
 
 
 class Session:

@@ -15,7 +15,8 @@ from typing import Optional
 from fastapi import FastAPI
 
 from ..batch.model import DEFAULT_MODEL
-from ..engine.session import Overloaded
+from ..errors import Overloaded
+from .. import redaction
 from ..server.app import create_app
 from ..server.metrics import Metrics
 from .backend import SAMPLE_RATE, WINDOW, SegmenterSession, VADSettings
@@ -91,6 +92,7 @@ def create_segmenter_app(cfg: SegmenterConfig, transcribe: Optional[Transcriber]
         if not cfg.batch_url:
             raise ValueError("the segmenter needs a batch worker: set batch_url or pass a transcriber")
         transcribe = HTTPBatchTranscriber(cfg.batch_url, cfg.batch_token, SAMPLE_RATE)
+    redaction.register_secret(cfg.batch_token)
     segmenter = Segmenter(transcribe, cfg.model_name, cfg.vad, cfg.max_sessions, cfg.max_buffer_seconds)
 
     def health() -> dict:

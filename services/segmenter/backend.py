@@ -19,7 +19,7 @@ import numpy as np
 
 from pipecat_nvasr.protocol import BoostPhrase, Closed, Error, ErrorCode, Final, Word
 
-from ..engine.session import Overloaded
+from ..errors import Overloaded
 from .cutter import Utterance, UtteranceCutter
 from .transcriber import Transcriber
 

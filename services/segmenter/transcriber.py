@@ -16,7 +16,8 @@ import numpy as np
 
 from pipecat_nvasr.protocol import TRANSCRIBE_PATH
 
-from ..batch.model import Segment, Transcript, WordTiming
+from ..batch.formats import from_verbose_json
+from ..batch.model import Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +34,6 @@ def wav_bytes(samples: np.ndarray, sample_rate: int = 16000) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(samples, -1, 1), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
-
-
-def transcript_from_verbose(body: dict) -> Transcript:
-    """verbose_json (with word and segment granularity) → Transcript."""
-    words = [
-        WordTiming(w["word"], float(w["start"]), float(w["end"]), float(w.get("confidence", 1.0)))
-        for w in body.get("words") or []
-    ]
-    segments = [Segment(s["text"], float(s["start"]), float(s["end"])) for s in body.get("segments") or []]
-    return Transcript(text=body.get("text", "").strip(), duration=float(body.get("duration", 0.0)), words=words, segments=segments)
 
 
 class HTTPBatchTranscriber:
@@ -79,7 +70,7 @@ class HTTPBatchTranscriber:
             try:
                 async with self._session.post(self.url, data=form, headers=self.headers) as response:
                     if response.status == 200:
-                        return transcript_from_verbose(await response.json())
+                        return from_verbose_json(await response.json())
                     last = f"HTTP {response.status}: {(await response.text())[:200]}"
                     if response.status < 500 and response.status != 429:
                         break  # our request is wrong (auth, input): retrying will not help
@@ -104,6 +95,6 @@ class CallBatchTranscriber:
     async def __call__(self, samples: np.ndarray) -> Transcript:
         pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
         try:
-            return transcript_from_verbose(await self.call(pcm))
+            return from_verbose_json(await self.call(pcm))
         except Exception as exc:
             raise BatchUnavailable(f"batch call failed: {type(exc).__name__}: {exc}") from exc

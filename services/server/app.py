@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pipecat_nvasr.protocol import LISTEN_PATH, PROTOCOL_VERSION
 
+from .. import redaction
 from .auth import is_authorized, is_short_lived, presented_token
 from .compat import compat_router
 from .frontend import page_router, token_router
@@ -55,6 +56,7 @@ def create_app(
     health: Optional[Callable[[], dict]] = None,
     listen_settings: Optional[ListenSettings] = None,
 ) -> FastAPI:
+    redaction.install(token)  # every worker (CLI, Modal) comes through here: no token in any log
     metrics = metrics or Metrics(worker)
     listen_state = ListenState(listen_settings)
 

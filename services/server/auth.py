@@ -1,7 +1,10 @@
 """Bearer-token authentication for every endpoint, and short-lived listen tokens for browsers.
 
-Servers send `Authorization: Bearer <token>`; browsers, which cannot set headers on a
-WebSocket, may pass `?token=`. Comparison is constant-time.
+Servers send `Authorization: Bearer <token>`. Browsers cannot set headers on a WebSocket:
+they offer the token as a subprotocol (`Sec-WebSocket-Protocol: nvasr.v1, nvasr.token.<token>`;
+the server answers `nvasr.v1`, never echoing the token), or, as a fallback, pass `?token=` —
+which travels in the URL, where a proxy may log it (this process redacts it from its own
+logs: services/redaction.py). Comparison is constant-time.
 
 A browser should never hold the worker's token: a server that has it calls
 `POST /v1/tokens` and hands the browser a short-lived token instead. Such a token is
@@ -21,6 +24,8 @@ from typing import Optional
 
 from starlette.requests import HTTPConnection
 
+from pipecat_nvasr.protocol import LISTEN_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX
+
 SHORT_LIVED_PREFIX = "st1"
 DEFAULT_TTL_SECONDS = 300
 MIN_TTL_SECONDS = 1
@@ -35,12 +40,27 @@ def generate_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def offered_subprotocols(conn: HTTPConnection) -> list[str]:
+    header = conn.headers.get("sec-websocket-protocol", "")
+    return [item.strip() for item in header.split(",") if item.strip()]
+
+
 def presented_token(conn: HTTPConnection) -> Optional[str]:
+    """The token from the Authorization header, a `nvasr.token.` subprotocol, or `?token=`."""
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() in ("bearer", "token") and value.strip():  # `Token`: Deepgram's clients
         return value.strip()
+    for offered in offered_subprotocols(conn):
+        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX) and len(offered) > len(TOKEN_SUBPROTOCOL_PREFIX):
+            return offered[len(TOKEN_SUBPROTOCOL_PREFIX):]
     return conn.query_params.get("token") or None
+
+
+def accepted_subprotocol(conn: HTTPConnection) -> Optional[str]:
+    """What the server answers in `Sec-WebSocket-Protocol`: `nvasr.v1` when offered (a browser
+    fails a socket whose offered subprotocols get no answer), never the token entry."""
+    return LISTEN_SUBPROTOCOL if LISTEN_SUBPROTOCOL in offered_subprotocols(conn) else None
 
 
 def _signing_key(token: Optional[str]) -> bytes:

@@ -23,6 +23,7 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pipecat_nvasr.protocol import (
+    FATAL_CLOSE,
     Close,
     CloseCode,
     Closed,
@@ -30,6 +31,7 @@ from pipecat_nvasr.protocol import (
     Error,
     ErrorCode,
     Finalize,
+    KeepAlive,
     SUPPORTED_SAMPLE_RATES,
     ProtocolError,
     Ready,
@@ -37,8 +39,9 @@ from pipecat_nvasr.protocol import (
     parse_client_message,
 )
 
-from ..engine.session import Overloaded, Unavailable
-from .auth import is_authorized
+from ..errors import Overloaded, Unavailable
+from .auth import accepted_subprotocol, is_authorized
+from .limits import TokenBucket
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -46,21 +49,14 @@ logger = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 256 * 1024  # 8 s of 16 kHz audio in one frame is plenty
 PCM_SCALE = np.float32(1 / 32768)
 
-FATAL_CLOSE = {
-    ErrorCode.UNAUTHORIZED: CloseCode.POLICY,
-    ErrorCode.OVERLOADED: CloseCode.OVERLOADED,
-    ErrorCode.INTERNAL: CloseCode.INTERNAL,
-    ErrorCode.UNAVAILABLE: CloseCode.INTERNAL,
-    ErrorCode.TIMEOUT: CloseCode.IDLE,
-}
-
-
 @dataclass
 class ListenSettings:
     idle_timeout: Optional[float] = 60.0  # seconds without any client frame → `timeout`, 4408
     max_pending: int = 256  # messages waiting for a client that does not read → `overloaded`
     reap_interval: float = 0.5  # how often the reaper looks (one task for all sessions)
     give_up_send: float = 2.0  # how long a last error/close may wait on a client that does not read
+    configure_burst: int = 5  # `configure`s a session may send in a row...
+    configure_per_s: float = 0.5  # ...then this many per second; beyond: `rate_limited`, not applied
 
 
 class ListenBackend(Protocol):
@@ -76,30 +72,33 @@ class ListenBackend(Protocol):
 
 
 class _Resampler:
-    """Client rate → model rate, streaming (soxr keeps filter state between frames)."""
+    """Client rate → model rate, streaming: one soxr stream for the whole session.
+
+    A finalize is a pause, not the end of the stream, so the filter state carries across it
+    and the model sees exactly the audio it would without the finalize; only `close` flushes
+    the filter's tail (a few ms of delay, docs/protocol.md)."""
 
     def __init__(self, rate_in: int, rate_out: int):
         import soxr
 
-        self._make = lambda: soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32")
-        self._stream = self._make()
+        self._stream = soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32")
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         return self._stream.resample_chunk(samples)
 
     def flush(self) -> np.ndarray:
-        tail = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-        self._stream = self._make()
-        return tail
+        """The last samples; the stream is over after this."""
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 class _Connection:
     """One open session's socket-side state, visible to the reaper and the drain."""
 
     __slots__ = ("ws", "backend", "session", "resample", "last_rx", "client_closed", "drained", "ending", "tasks",
-                 "pending", "coalesce_bytes")
+                 "pending", "coalesce_bytes", "configure_budget")
 
-    def __init__(self, ws: WebSocket, backend: ListenBackend, session, resample, rate: int):
+    def __init__(self, ws: WebSocket, backend: ListenBackend, session, resample, rate: int,
+                 settings: Optional[ListenSettings] = None):
         self.ws = ws
         self.backend = backend
         self.session = session
@@ -114,6 +113,8 @@ class _Connection:
         self.drained = False  # the worker ended the session to shut down
         self.ending: Optional[Error] = None  # set by the reaper: why the session is cut off
         self.tasks: tuple = ()
+        settings = settings or ListenSettings()
+        self.configure_budget = TokenBucket(settings.configure_burst, settings.configure_per_s)
 
     def push_pending(self, data: Optional[bytes] = None) -> None:
         """Hand the gathered frames (or `data`, when nothing is gathered) to the backend;
@@ -128,17 +129,19 @@ class _Connection:
             samples = self.resample(samples)
         self.backend.append(self.session, samples)
 
-    def flush_audio(self) -> None:
-        """Everything received so far reaches the backend (before a finalize or close)."""
+    def flush_audio(self, end_of_stream: bool = False) -> None:
+        """Everything received so far reaches the backend (before a finalize or close); at the
+        end of the stream the resampler's tail too."""
         self.push_pending()
-        if self.resample is not None:
+        if end_of_stream and self.resample is not None:
             self.backend.append(self.session, self.resample.flush())
+            self.resample = None
 
     def flush_and_close(self) -> None:
         if self.session.closing:
             return
         try:
-            self.flush_audio()
+            self.flush_audio(end_of_stream=True)
         except Overloaded:
             pass  # the close below still flushes what the session holds
         self.backend.close(self.session)
@@ -223,7 +226,7 @@ async def serve_listen(
     ws: WebSocket, backend: ListenBackend, token: Optional[str], metrics: Metrics, state: Optional[ListenState] = None
 ) -> None:
     state = state or ListenState()
-    await ws.accept()
+    await ws.accept(subprotocol=accepted_subprotocol(ws))
     if not is_authorized(ws, token, listen=True):  # short-lived browser tokens too
         await _send_error(ws, metrics, ErrorCode.UNAUTHORIZED, "missing or wrong token", CloseCode.POLICY)
         return
@@ -260,9 +263,13 @@ async def serve_listen(
     metrics.sessions.inc()
     metrics.active_sessions.inc()
     resample = _Resampler(rate, backend.sample_rate) if rate != backend.sample_rate else None
-    conn = _Connection(ws, backend, session, resample, rate)
+    conn = _Connection(ws, backend, session, resample, rate, state.settings)
     state.add(conn)
-    ready = Ready(session.id, backend.model_name, backend.sample_rate, backend.chunk_ms)
+    # the per-session cap on audio ahead of transcription (engine and segmenter both keep one)
+    max_buffer = getattr(session, "max_buffer_samples", None) or getattr(backend, "max_buffer_samples", None)
+    ready = Ready(session.id, backend.model_name, backend.sample_rate, backend.chunk_ms, keepalive=True,
+                  idle_timeout=state.settings.idle_timeout,
+                  max_buffer_s=max_buffer / backend.sample_rate if max_buffer else None)
     try:
         await ws.send_text(dump(ready))
         sender = asyncio.create_task(_send_outbox(conn, metrics))
@@ -270,11 +277,11 @@ async def serve_listen(
         conn.tasks = (sender, receiver)
         done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         if receiver in done and not receiver.cancelled() and receiver.exception() is None and receiver.result():
-            await sender  # the client said close: let every final and `closed` go out
+            await asyncio.wait({sender})  # the client said close: let every final and `closed` go out
         for task in (sender, receiver):
             task.cancel()
-    except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
-        pass
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client went away (an asyncio.CancelledError of this handler propagates)
     finally:
         for task in conn.tasks:
             task.cancel()
@@ -296,10 +303,9 @@ async def serve_listen(
 async def _receive(conn: _Connection, metrics: Metrics) -> bool:
     """Client → backend until the client closes (True) or goes away / is cut off (False)."""
     ws, backend, session = conn.ws, conn.backend, conn.session
-    receive = ws._receive  # the raw ASGI channel: starlette's wrapper re-checks state per frame
     coalesce = conn.coalesce_bytes
     while True:
-        message = await receive()
+        message = await ws.receive()
         conn.last_rx = time.monotonic()
         data = message.get("bytes")
         if data is not None:
@@ -338,17 +344,25 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
         except ProtocolError as exc:
             await _send_error(ws, metrics, exc.code, exc.message)
             continue
+        if isinstance(command, KeepAlive):
+            continue  # `last_rx` above is all it is for
         if isinstance(command, Configure):
-            configure = getattr(conn.backend, "configure", None)
-            if configure is not None:
-                await configure(session, command.boost)  # compiles the phrases off the inference thread
+            if conn.configure_budget.take():
+                configure = getattr(conn.backend, "configure", None)
+                if configure is not None:
+                    await configure(session, command.boost)  # compiles the phrases off the inference thread
+                else:
+                    session.boost = command.boost
             else:
-                session.boost = command.boost
+                s = conn.configure_budget
+                await _send_error(ws, metrics, ErrorCode.RATE_LIMITED, (
+                    f"configure ignored: at most {s.burst} in a row, then {s.per_second:g} per second; "
+                    f"the next is accepted in {s.wait_s():.1f} s (the previous boost list still applies)"))
         elif isinstance(command, (Finalize, Close)):
             if session.closing:
                 continue  # the worker is already flushing this session (a drain)
             try:
-                conn.flush_audio()
+                conn.flush_audio(end_of_stream=isinstance(command, Close))
             except Overloaded as exc:
                 await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
                 return False
