@@ -1,8 +1,8 @@
 """Tokenizers and model configs for the tiny cache-aware streaming FastConformer models.
 
 Architecture (why): the recipe measured on a 2-core CPU in the project brief -- d_model 128 x 4 layers
-keeps the .nemo under 10 MB; chunked_limited attention with [[70,6],[70,1]] trains both the 560 ms and
-the 160 ms chunk sizes the workers serve; causal convolutions and causal 8x dw_striding subsampling make
+keeps the .nemo under 10 MB; chunked_limited attention with [[70,6],[70,1],[70,0]] trains the 560, 160
+and 80 ms chunk sizes the workers serve; causal convolutions and causal 8x dw_striding subsampling make
 it cache-aware; `normalize: NA` because per-feature normalisation is not causal.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def model_config(tokenizer_dir: Path, hybrid: bool = True, d_model: int = 128, n
             "feat_in": 80, "feat_out": -1, "n_layers": n_layers, "d_model": d_model,
             "subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": 64,
             "causal_downsampling": True, "ff_expansion_factor": 4, "self_attention_model": "rel_pos",
-            "n_heads": 4, "att_context_size": [[70, 6], [70, 1]], "att_context_probs": None,
+            "n_heads": 4, "att_context_size": [[70, 6], [70, 1], [70, 0]], "att_context_probs": None,
             "att_context_style": "chunked_limited", "xscaling": True, "untie_biases": True,
             "pos_emb_max_len": 5000, "conv_kernel_size": 9, "conv_norm_type": "layer_norm",
             "conv_context_size": "causal", "dropout": 0.1, "dropout_pre_encoder": 0.1,
