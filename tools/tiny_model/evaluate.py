@@ -4,7 +4,8 @@
     python tools/tiny_model/evaluate.py --kind eou --model tests/assets/tiny_eou.nemo
 
 Offline WER: `transcribe()` (RNNT decoder). Streaming WER: cache-aware `conformer_stream_step`, one stream
-at a time, 160 ms chunks (att_context [70,1]). EOU: the audio time at which the chunk that first emits
+at a time, 160 ms chunks (att_context [70,1]). Per context ([70,6] / [70,1] / [70,0]: 560 / 160 / 80 ms
+chunks, each one the model has): offline WER with that attention mask, and streaming WER at that chunk. EOU: the audio time at which the chunk that first emits
 <EOU> ends (speech end + look-ahead + chunking: the latency a live worker would see, compute excluded).
 """
 from __future__ import annotations
@@ -118,11 +119,29 @@ def stream(model, audio: np.ndarray, att_context=(70, 1)):
     return trace[-1][1] if trace else [], trace
 
 
-def streaming(model, rows: list[dict], eou_id: int | None = None):
+CONTEXT_CHUNK_MS = {(70, 6): 560, (70, 1): 160, (70, 0): 80}
+
+
+def per_context(model, rows: list[dict], eou_id: int | None) -> dict:
+    """Offline and streaming WER at each attention context the model was trained with."""
+    refs, out = [r["text"] for r in rows], {}
+    default = list(model.encoder.att_context_size)
+    for ctx in [tuple(c) for c in model.encoder.att_context_size_all]:
+        model.encoder.set_default_att_context_size(list(ctx))
+        off = offline(model, rows)
+        st, _ = streaming(model, rows, eou_id, att_context=ctx)
+        out[str(CONTEXT_CHUNK_MS.get(ctx, ctx))] = {"att_context": list(ctx), "offline_wer": round(wer(off, refs), 2),
+                                                     "streaming_wer": round(wer(st, refs), 2)}
+        print(ctx, out[str(CONTEXT_CHUNK_MS.get(ctx, ctx))], flush=True)
+    model.encoder.set_default_att_context_size(default)
+    return out
+
+
+def streaming(model, rows: list[dict], eou_id: int | None = None, att_context=(70, 1)):
     texts, traces = [], []
     for r in rows:
         x, _ = sf.read(r["audio_filepath"], dtype="float32")
-        ids, trace = stream(model, x)
+        ids, trace = stream(model, x, att_context)
         texts.append(clean(model.tokenizer.ids_to_text([i for i in ids if i != eou_id])))
         traces.append(trace)
     return texts, traces
@@ -200,6 +219,7 @@ def main() -> None:
     st, _ = streaming(model, rows, eou_id)
     res["streaming_wer_160ms"] = round(wer(st, refs), 2)
     res["n_heldout"] = len(rows)
+    res["contexts"] = per_context(model, rows, eou_id)
     res["examples"] = [{"ref": r, "offline": o, "stream": s} for r, o, s in list(zip(refs, off, st))[:8]]
     if a.kind == "eou":
         res.update(eou_metrics(model, a.work, a.limit))
