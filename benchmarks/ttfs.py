@@ -46,6 +46,7 @@ from benchmarks.finalize import word_errors  # noqa: E402
 from benchmarks.load import Worker  # noqa: E402
 
 ASSETS = ROOT / "tests/assets"
+RESULTS = ROOT / "benchmarks/results/ttfs-160.json"  # the run the services' ttfs_p99_latency comes from
 FRAME_MS = 20
 RATE = 16000
 VAD_STOP_SECS = 0.2
@@ -238,6 +239,14 @@ async def measure(service: str, url: str, sets: dict[str, list[dict]], finalize:
     return row
 
 
+def measured_ttfs_p99(results: dict, service: str, chunk_ms: int = 160) -> float:
+    """Seconds: the service's TTFS p99 at `chunk_ms` with the worker's default flags (its default mode)."""
+    default = [label for label, flags in results["modes"].items() if not flags.strip()]
+    [row] = [r for r in results["rows"] if r["service"] == service and r["chunk_ms"] == chunk_ms
+             and r["mode"] in default]
+    return row["ttfs_ms"]["p99"] / 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", default="nemotron,parakeet-realtime,parakeet-realtime-eou,multitalker")
@@ -247,17 +256,22 @@ def main() -> None:
     ap.add_argument("--sets", default="heldout,pause,pause_long")
     ap.add_argument("--limit", type=int, default=0, help="only the first N clips of each set")
     ap.add_argument("--port", type=int, default=8791)
+    ap.add_argument("--model", action="append", default=[], metavar="SERVICE=PATH",
+                    help="another model for a service, e.g. nemotron=work/rnnt.nemo (default: tests/assets)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     modes = [m.split("=", 1) for m in (args.mode or DEFAULT_MODES)]
+    models = dict(m.split("=", 1) for m in args.model)
     sets = {name: clip_set(name)[: args.limit or None] for name in args.sets.split(",")}
     out = {"method": "pipecat-ai/stt-benchmark: 20 ms real-time frames, Silero VAD stop_secs 0.2, "
                      "TTFS = Pipecat STT TTFB; one stream at a time",
            "host": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
-           "modes": {label: flags for label, flags in modes}, "rows": []}
+           "modes": {label: flags for label, flags in modes}, "models": {**{s: str(v[1]) for s, v in SERVICES.items()},
+                                                                         **models}, "rows": []}
     for chunk in [int(c) for c in args.chunk_ms.split(",")]:
         for service in args.services.split(","):
             kind, model, model_flags, finalize = SERVICES[service]
+            model = models.get(service, model)
             for m, (label, flags) in enumerate(modes if finalize else modes[:1]):
                 row = {"service": service, "chunk_ms": chunk, "mode": label if finalize else "eou (no finalize)"}
                 extra = [*model_flags, "--admit-lag-ms", "0", "--idle-timeout", "0", *shlex.split(flags)]
@@ -270,8 +284,9 @@ def main() -> None:
                     continue
                 try:
                     t0 = time.time()
+                    # the no-finalize WER once per service and chunk: the worker's finalize mode cannot change it
                     row.update(asyncio.run(measure(service, f"ws://127.0.0.1:{args.port}", sets, finalize,
-                                                      no_finalize_wer=m == 0))  # the worker's finalize mode cannot change it)
+                                                   no_finalize_wer=m == 0)))
                     row["wall_s"] = round(time.time() - t0, 1)
                 finally:
                     worker.stop()
