@@ -227,11 +227,12 @@ class Generator:
 
 
 class Worker:
-    def __init__(self, model: str, chunk_ms: int, port: int, extra: list[str], root: Path = ROOT, profile=None):
+    def __init__(self, model: str, chunk_ms: int, port: int, extra: list[str], root: Path = ROOT, profile=None,
+                 kind: str = "nemotron"):
         self.port = port
         self.profile = profile
         prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
-        cmd = [sys.executable, *prefix, "-m", "services.cli", "serve", "nemotron", "--model", model, "--chunk-ms", str(chunk_ms),
+        cmd = [sys.executable, *prefix, "-m", "services.cli", "serve", kind, "--model", model, "--chunk-ms", str(chunk_ms),
                "--no-auth", "--port", str(port), "--max-sessions", "20000", *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
         # The log goes to a file: a pipe nobody reads fills up and blocks the worker.

@@ -39,6 +39,7 @@ from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
+from ._audio_gatherer import AudioGatherer
 from ._backlog import AudioBacklog
 from ._listen_errors import ERROR_CATEGORIES, UnsupportedConfiguration
 from ._listen_session import ListenSessionMixin
@@ -54,6 +55,7 @@ from .protocol import (
     Final,
     Finalize,
     Partial,
+    Ready,
 )
 
 # Kept while there is no session, then sent at once: below the worker's per-session cap
@@ -134,6 +136,7 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         languages: Optional[Sequence[str]] | NotGiven = NOT_GIVEN,
         keepalive_timeout: Optional[float] = DEFAULT_KEEPALIVE_S,
         keepalive_interval: float = 5.0,
+        audio_gather_fraction: float = 1.0,
         **kwargs,
     ):
         """Args:
@@ -157,6 +160,10 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         languages: base language codes the worker's model transcribes, checked before
             connecting (an unsupported one is a permanent configuration error). `None`
             leaves the check to the worker, which refuses the session just as permanently.
+        audio_gather_fraction: audio goes out in messages of this fraction of the worker's
+            chunk (`ready.chunk_ms`), on the stream's chunk boundaries, instead of one message
+            per pipeline frame; held audio is sent right before every `finalize` and `close`.
+            0 sends every frame as it comes.
         **kwargs: for `WebsocketSTTService`, e.g. `reconnect_backoff_min_wait` /
             `reconnect_backoff_max_wait` (seconds between attempts; default 4 and 10).
         """
@@ -186,6 +193,10 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         self._unknown_types = UnknownTypes()
         self._wire_rate = SAMPLE_RATE
         self._resampler = None
+        self._gatherer = AudioGatherer()  # chunk-sized messages (_audio_gatherer.py)
+        self._gather_fraction = audio_gather_fraction
+        self._gathering_for: Optional[Ready] = None  # the session whose chunk grid it counts
+        self._backlog_sent_at_switch = 0.0
         self.worker_session: Optional[Ready] = None  # the worker's latest `ready` message
         self.sessions_opened = 0
         self.backlog_seconds_sent = 0.0  # audio kept while there was no session, then sent
@@ -265,8 +276,38 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         if self._resampler is not None:
             audio = await self._resampler.resample(audio, self.sample_rate, self._wire_rate)
         if audio:
-            await self._send_or_keep(audio)
+            await self._send_gathered(audio)
         yield None
+
+    async def _send_gathered(self, audio: bytes):
+        """Send on the worker's chunk boundaries; a new session starts a new chunk grid."""
+        session = self.worker_session if self._live else None
+        if session is not self._gathering_for:
+            await self._flush_gathered()
+            backlog = round((self.backlog_seconds_sent - self._backlog_sent_at_switch) * self._wire_rate) * 2
+            self._backlog_sent_at_switch = self.backlog_seconds_sent
+            self._gatherer.reset(AudioGatherer.chunk_bytes_for(
+                session.chunk_ms if session else 0, self._wire_rate, self._gather_fraction))
+            self._gatherer.position = backlog if session else 0  # the backlog opened this session's grid
+            self._gathering_for = session
+        due = self._gatherer.add(audio)
+        if due:
+            await self._send_or_keep(due)
+
+    async def _flush_gathered(self):
+        """What the gatherer holds goes out now (before `finalize` / `close`), in order."""
+        held = self._gatherer.flush()
+        if held:
+            await self._send_or_keep(held)
+
+    async def _drain(self):
+        await self._flush_gathered()  # the last audio before `close`
+        await super()._drain()
+
+    async def _disconnect_websocket(self):
+        await super()._disconnect_websocket()
+        await self._flush_gathered()  # no session: held audio joins the backlog, in order
+        self._gathering_for = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -279,6 +320,7 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         Without a session the request waits in the backlog behind the audio it ends."""
         if not self.is_usable:
             return
+        await self._flush_gathered()  # the audio the finalize ends goes first
         if self._live:  # a kept finalize is requested when the backlog sends it
             self.request_finalize()
         await self._send_or_keep(Finalize())

@@ -256,7 +256,11 @@ async def test_through_the_engine_batched_equals_alone(tiny_rnnt):
     assert adapter.active_streams() == 0
 
 
-@pytest.mark.parametrize("chunk_ms", [80, 560, 1120])
+@pytest.mark.parametrize("chunk_ms", [
+    # NeMo's pipeline truncates its 80 ms feature buffer to 16 of 17 frames (int(0.17 / 0.01)); the
+    # vectorised path rounds (features.py), so at 80 ms only ours gives words (test_chunk_80ms.py)
+    pytest.param(80, marks=pytest.mark.xfail(strict=True, reason="NeMo's 80 ms buffer is one frame short")),
+    560, 1120])
 def test_other_chunk_sizes_equal_nemo_path(chunk_ms):
     """Nemotron's other lookaheads ([70,0], [70,6], [70,13]) on a random model that writes many tokens."""
     from reference.cache_aware import CacheAwareRNNTAdapter

@@ -19,11 +19,13 @@ from .slots import SlotStore
 class FeatureFrontend:
     def __init__(self, preprocessor, sample_rate: int, chunk_secs: float, buffer_secs: float, window_stride: float):
         self.preprocessor = preprocessor
-        # the same float expressions as NeMo's bufferer, so lengths round the same way
+        # NeMo's bufferer truncates these float quotients: (0.09 + 0.08) / 0.01 = 16.99… → 16 frames at
+        # 80 ms chunks, one short, and the encoder then emits nothing. Rounded, every chunk size gets
+        # the frames it means (160/560/1120 ms: the same numbers as NeMo's).
         self.lookback = int(window_stride * sample_rate)
-        self.chunk_samples = int(chunk_secs * sample_rate)
-        self.chunk_frames = int(chunk_secs / window_stride)
-        self.buffer_frames = int(buffer_secs / window_stride)
+        self.chunk_samples = round(chunk_secs * sample_rate)
+        self.chunk_frames = round(chunk_secs / window_stride)
+        self.buffer_frames = round(buffer_secs / window_stride)
         self.extract_frames = self.chunk_frames + 1  # NeMo's `plus_one` (buffer longer than chunk)
 
     def step(self, store: SlotStore, idx: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor):

@@ -131,7 +131,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
             sos = computer._get_batched_decoding_state_after_sos(device=self.device, batch_size=1)
         self.store = SlotStore(max_streams, self.encoder, sos, preprocessor_cfg.features,
                                self.frontend.buffer_frames, self.frontend.lookback, w.cast_dtype, self.device)
-        if self.store.features.shape[2] != int(buffer_secs / window_stride):
+        if self.store.features.shape[2] != round(buffer_secs / window_stride):
             raise RuntimeError("feature buffer length mismatch")
         puncts = w.supported_punctuation()
         bpe = BPEDecoder(vocabulary=w.get_vocabulary(), tokenizer=w.tokenizer,

@@ -28,6 +28,14 @@ def _mark(key: str, v, res: dict) -> str:
     return ""
 
 
+def _contexts(run: dict) -> str:
+    if run.get("context"):
+        return f"att_context [{run['context']}] only"
+    if run.get("context_probs"):
+        return f"att_context [70,6]/[70,1]/[70,0] sampled {run['context_probs'].replace(',', '/')}"
+    return "att_context random [70,6]/[70,1]"
+
+
 def _lead(run: dict) -> str:
     share = run.get("silent_lead")
     return f", {share:.0%} of clips with 0.1-0.6 s of digital silence in front" if share else ""
@@ -49,7 +57,7 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
         f"- class `{cls}`, NeMo 3.0.0; {nemo.stat().st_size / 1e6:.1f} MB",
         "- FastConformer encoder d_model 128, 4 layers, 4 heads, causal 8x dw_striding subsampling (64 ch),",
         "  causal convolutions (kernel 9), `att_context_style: chunked_limited`,",
-        "  `att_context_size: [[70,6],[70,1]]` (560 ms / 160 ms chunks), `normalize: NA`, 80 mel features",
+        "  `att_context_size: [[70,6],[70,1],[70,0]]` (560 / 160 / 80 ms chunks), `normalize: NA`, 80 mel features",
         "- RNNT prediction net (LSTM 128) and joint 128" + (", CTC auxiliary head (weight 0.5)" if kind == "rnnt" else ""),
         f"- SentencePiece BPE vocabulary {tr['vocab']}" + (" (128 BPE pieces + `<EOU>`, `<EOB>` as the last two)"
                                                           if kind == "eou" else ""),
@@ -82,10 +90,10 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
             lines.append(f"- stage {i}: {p['steps']} steps, {p['train_minutes']} min, lr {p['lr']}, "
                          f"warm-up {p['warmup']}, seed {p['seed']}, {p.get('threads', 2)} thread(s), "
                          f"data `{p.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, init {p.get('init')}, "
-                         f"att_context {p.get('context') or 'random [70,6]/[70,1]'}{_lead(p)}")
+                         f"{_contexts(p)}{_lead(p)}")
         lines.append(f"- stage {len(prev) + 1} (the committed model): the run described above, data "
                      f"`{tr.get('data', 'asr' if kind == 'rnnt' else 'eou')}`, init {tr.get('init')}, "
-                     f"att_context {tr.get('context') or 'random [70,6]/[70,1]'}{_lead(tr)}")
+                     f"{_contexts(tr)}{_lead(tr)}")
         lines.append(f"- total: {sum(p['steps'] for p in prev) + tr['steps']} steps, "
                      f"{sum(p['train_minutes'] for p in prev) + tr['train_minutes']:.1f} min")
     if kind == "eou":
@@ -112,6 +120,12 @@ def write_card(kind: str, nemo: Path, work: Path) -> Path:
             v = json.loads(path.read_text())[f"{name}_streaming_wer_160ms"]
             target = f" {TARGETS['streaming_wer_160ms']} | {_mark('streaming_wer_160ms', v, ev)} " if judged else " | "
             lines.append(f"| {label} | {v} |{target}|")
+    if ev.get("contexts"):
+        lines += ["", "Per attention context (offline: the whole utterance under that context's mask; streaming:",
+                  "`conformer_stream_step`, one stream at a time, chunks of that size):", "",
+                  "| chunk | att_context | offline WER % | streaming WER % |", "|---|---|---|---|"]
+        lines += [f"| {ms} ms | {c['att_context']} | {c['offline_wer']} | {c['streaming_wer']} |"
+                  for ms, c in sorted(ev["contexts"].items(), key=lambda kv: int(kv[0]))]
     lines += ["", "Streaming WER is measured with `conformer_stream_step`, one stream at a time, 160 ms chunks,",
               "and through the worker's own adapter (`tools/tiny_model/pipeline_check.py --ours`).",
               "", "Examples (reference / offline / streaming):", ""]

@@ -4,7 +4,8 @@
     python tools/tiny_model/evaluate.py --kind eou --model tests/assets/tiny_eou.nemo
 
 Offline WER: `transcribe()` (RNNT decoder). Streaming WER: cache-aware `conformer_stream_step`, one stream
-at a time, 160 ms chunks (att_context [70,1]). EOU: the audio time at which the chunk that first emits
+at a time, 160 ms chunks (att_context [70,1]). Per context ([70,6] / [70,1] / [70,0]: 560 / 160 / 80 ms
+chunks, each one the model has): offline WER with that attention mask, and streaming WER at that chunk. EOU: the audio time at which the chunk that first emits
 <EOU> ends (speech end + look-ahead + chunking: the latency a live worker would see, compute excluded).
 """
 from __future__ import annotations
@@ -118,11 +119,31 @@ def stream(model, audio: np.ndarray, att_context=(70, 1)):
     return trace[-1][1] if trace else [], trace
 
 
-def streaming(model, rows: list[dict], eou_id: int | None = None):
+CONTEXT_CHUNK_MS = {(70, 6): 560, (70, 1): 160, (70, 0): 80}
+
+
+def per_context(model, rows: list[dict], eou_id: int | None, contexts=None) -> tuple[dict, dict]:
+    """Offline and streaming WER at each attention context the model was trained with; and the
+    hypotheses, {context: (offline, streaming)}."""
+    refs, out, hyps = [r["text"] for r in rows], {}, {}
+    default = list(model.encoder.att_context_size)
+    for ctx in contexts or [tuple(c) for c in model.encoder.att_context_size_all]:
+        model.encoder.set_default_att_context_size(list(ctx))
+        off = offline(model, rows)
+        st, _ = streaming(model, rows, eou_id, att_context=ctx)
+        hyps[ctx] = (off, st)
+        out[str(CONTEXT_CHUNK_MS.get(ctx, ctx))] = {"att_context": list(ctx), "offline_wer": round(wer(off, refs), 2),
+                                                     "streaming_wer": round(wer(st, refs), 2)}
+        print(ctx, out[str(CONTEXT_CHUNK_MS.get(ctx, ctx))], flush=True)
+    model.encoder.set_default_att_context_size(default)
+    return out, hyps
+
+
+def streaming(model, rows: list[dict], eou_id: int | None = None, att_context=(70, 1)):
     texts, traces = [], []
     for r in rows:
         x, _ = sf.read(r["audio_filepath"], dtype="float32")
-        ids, trace = stream(model, x)
+        ids, trace = stream(model, x, att_context)
         texts.append(clean(model.tokenizer.ids_to_text([i for i in ids if i != eou_id])))
         traces.append(trace)
     return texts, traces
@@ -183,6 +204,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N held-out utterances")
     ap.add_argument("--no-card", action="store_true")
+    ap.add_argument("--contexts", help="per-context WER at these only, e.g. '70,1;70,0' (default: the model's "
+                    "list); a context the model was not trained with compares an older model")
     a = ap.parse_args()
     # One thread: on a shared 2-core machine, 2 OpenMP threads per process made small-op streaming
     # steps many times slower (threads spin waiting for each other); 1 thread is the fast, safe choice.
@@ -194,12 +217,13 @@ def main() -> None:
     if a.limit:
         rows = rows[:a.limit]
     refs = [r["text"] for r in rows]
-    off = offline(model, rows)
-    res = {"offline_wer": round(wer(off, refs), 2)}
+    wanted = [tuple(int(v) for v in c.split(",")) for c in a.contexts.split(";")] if a.contexts else None
     eou_id = model.tokenizer.token_to_id(EOU) if a.kind == "eou" else None
-    st, _ = streaming(model, rows, eou_id)
-    res["streaming_wer_160ms"] = round(wer(st, refs), 2)
-    res["n_heldout"] = len(rows)
+    contexts, hyps = per_context(model, rows, eou_id, wanted)
+    off = hyps.get(tuple(model.encoder.att_context_size), hyps[(70, 1)])[0]  # the default context, else [70,1]
+    st = hyps[(70, 1)][1]  # 160 ms
+    res = {"offline_wer": round(wer(off, refs), 2), "streaming_wer_160ms": round(wer(st, refs), 2),
+           "n_heldout": len(rows), "contexts": contexts}
     res["examples"] = [{"ref": r, "offline": o, "stream": s} for r, o, s in list(zip(refs, off, st))[:8]]
     if a.kind == "eou":
         res.update(eou_metrics(model, a.work, a.limit))

@@ -2,8 +2,8 @@
 model builder (services/tiny_model.py), which tests, benchmarks and `random:` specs use too.
 
 Architecture (why): the recipe measured on a 2-core CPU in the project brief -- d_model 128 x 4 layers
-keeps the .nemo under 10 MB; chunked_limited attention with [[70,6],[70,1]] trains both the 560 ms and
-the 160 ms chunk sizes the workers serve; causal convolutions and causal 8x dw_striding subsampling make
+keeps the .nemo under 10 MB; chunked_limited attention with [[70,6],[70,1],[70,0]] trains the 560, 160
+and 80 ms chunk sizes the workers serve; causal convolutions and causal 8x dw_striding subsampling make
 it cache-aware; `normalize: NA` because per-feature normalisation is not causal.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from services import tiny_model as builder  # noqa: E402
 
 EOU, EOB = builder.EOU_PIECES
-ATT_CONTEXT = [[70, 6], [70, 1]]
+ATT_CONTEXT = [[70, 6], [70, 1], [70, 0]]  # 560, 160 and 80 ms chunks
 # SentencePiece settings of the recipe (the builder's defaults are for word-list tokenizers).
 TOKENIZER_OPTIONS = dict(unk_id=0, pad_id=-1, num_threads=2, split_digits=False, hard_vocab_limit=True,
                          seed_sentencepiece_size=100000)

@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--context", help="train only this att_context, e.g. 70,1 (the EOU worker's); the saved "
                     "model keeps both. With [70,6] in training the model sees 560 ms ahead and learns to tell a "
                     "pause from the end by looking ahead, which it cannot do when streaming at [70,1].")
+    ap.add_argument("--context-probs", help="sampling weights for the model's att_context_size list "
+                    "[[70,6],[70,1],[70,0]], e.g. 0.3,0.3,0.4: fine-tuning a model to a new context ([70,0], 80 ms "
+                    "chunks) while keeping the old ones; 0 leaves a context out")
     ap.add_argument("--silent-lead", type=float, default=0.0,
                     help="share of clips prefixed with 0.1-0.6 s of digital silence (see load_data)")
     ap.add_argument("--data", help="corpus folder(s) under work/, comma-separated (default: asr, or eou for --kind eou)")
@@ -159,6 +162,10 @@ def main() -> None:
         want = [int(v) for v in a.context.split(",")]
         model.encoder.att_context_probs = [float(list(c) == want) for c in model.encoder.att_context_size_all]
         assert sum(model.encoder.att_context_probs) == 1.0, model.encoder.att_context_size_all
+    elif a.context_probs:
+        probs = [float(v) for v in a.context_probs.split(",")]
+        assert len(probs) == len(model.encoder.att_context_size_all), model.encoder.att_context_size_all
+        model.encoder.att_context_probs = [p / sum(probs) for p in probs]
     tok = model.tokenizer
     eou_id = tok.token_to_id(EOU) if eou else None
     rows = [r for d in (a.data or ("eou" if eou else "asr")).split(",") for r in read_manifest(a.work / d / "train.jsonl")]
@@ -213,7 +220,7 @@ def main() -> None:
     model.eval()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
-    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads, "data": a.data or ("eou" if eou else "asr"), "context": a.context, "silent_lead": a.silent_lead,
+    info = {"kind": a.kind, "steps": step, "init": str(a.init.name) if a.init else None, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "threads": a.threads, "data": a.data or ("eou" if eou else "asr"), "context": a.context, "context_probs": a.context_probs, "silent_lead": a.silent_lead,
             "train_minutes": round(minutes, 1), "utterances": len(data), "hours": round(hours, 2),
             "vocab": tok.vocab_size, "final_rnnt_loss": round(float(np.mean([h[0] for h in hist[-100:]])), 4),
             "seed": a.seed, "size_mb": round(a.out.stat().st_size / 1e6, 2)}
