@@ -71,3 +71,40 @@ def fetch_or_fallback(spec: str, revision: Optional[str], fallback: Optional[str
         print(f"NOTE: {what} {spec} could not be downloaded; using the bundled {fallback} instead "
               "(it knows a small demo vocabulary only).", flush=True)
         return fetch(fallback)
+
+
+# ---------------------------------------------------------------- deploy-time pins (modal_deploy.py)
+
+LOCK_FILE = "revisions.json"  # next to the weights in the deploy's Volume: model id → the commit it serves
+
+
+def _read_lock(lock_path: str) -> dict[str, str]:
+    import json
+
+    return json.loads(open(lock_path).read()) if os.path.exists(lock_path) else {}
+
+
+def lock_revisions(pins: dict[str, Optional[str]], lock_path: str) -> dict[str, str]:
+    """At image build: fetch every hub model at its pin — or, with no pin, at the commit already
+    recorded in `lock_path`, or (the first build) main's current commit — and record the commits.
+
+    So a redeploy never changes a model under its users: an unpinned model stays at the commit
+    its first build saw until its pin is set on purpose (or the lock entry is deleted)."""
+    import json
+
+    lock = _read_lock(lock_path)
+    for model_id, pin in pins.items():
+        if not is_hub_id(model_id):
+            continue
+        weights = fetch(model_id, pin or lock.get(model_id))
+        lock[model_id] = weights.revision
+    with open(lock_path, "w") as out:
+        out.write(json.dumps(lock, indent=1, sort_keys=True) + "\n")
+    return lock
+
+
+def locked_revision(model_id: str, pin: Optional[str], lock_path: str) -> Optional[str]:
+    """In a container: the pin if one is set, else the commit the image build recorded."""
+    if pin or not is_hub_id(model_id):
+        return pin or None
+    return _read_lock(lock_path).get(model_id)

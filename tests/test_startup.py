@@ -187,3 +187,22 @@ def test_cuda_graphs_are_off_unless_asked_and_warm_up_runs_the_largest_batch(tra
     finally:
         type(computer).__call__ = original
     assert max(seen) == 6 and on.active_streams() == 0
+
+
+def test_an_unpinned_model_stays_at_the_commit_its_first_build_recorded(hub_cache, tmp_path):
+    """modal_deploy's image build: a pin wins; without one the first build's commit is kept."""
+    from services.weights import lock_revisions, locked_revision
+
+    lock = str(tmp_path / "revisions.json")
+    assert lock_revisions({"nvidia/fake-rnnt": None, str(ASSETS / "tiny_rnnt.nemo"): None}, lock) == {
+        "nvidia/fake-rnnt": COMMIT}
+    assert locked_revision("nvidia/fake-rnnt", None, lock) == COMMIT
+    assert locked_revision("nvidia/fake-rnnt", "9" * 40, lock) == "9" * 40
+    assert locked_revision(str(ASSETS / "tiny_rnnt.nemo"), None, lock) is None
+    # main moves on (a retrained checkpoint): the next build still serves the recorded commit
+    newer = "fedcba9876543210fedcba9876543210fedcba98"
+    root = Path(hub_cache) / "models--nvidia--fake-rnnt"
+    shutil.copytree(root / "snapshots" / COMMIT, root / "snapshots" / newer)
+    (root / "refs" / "main").write_text(newer)
+    assert lock_revisions({"nvidia/fake-rnnt": None}, lock)["nvidia/fake-rnnt"] == COMMIT
+    assert lock_revisions({"nvidia/fake-rnnt": newer}, lock)["nvidia/fake-rnnt"] == newer  # pinned on purpose
