@@ -88,6 +88,8 @@ def model_config(
     n_mels: int = 80,
     n_fft: int = 512,
     window_size: float = 0.025,
+    use_bias: bool = True,
+    xscaling: bool = True,
 ) -> dict:
     """A cache-aware FastConformer-RNNT config in the shape of the production models."""
     att_context_size = att_context_size or [[70, 13], [70, 6], [70, 1], [70, 0]]
@@ -128,7 +130,8 @@ def model_config(
             "att_context_size": att_context_size,
             "att_context_probs": None,
             "att_context_style": "chunked_limited",
-            "xscaling": True,
+            "xscaling": xscaling,  # scale attention inputs by sqrt(d_model)
+            "use_bias": use_bias,  # biases in every Linear/Conv1d of the conformer layers
             "untie_biases": True,
             "pos_emb_max_len": 5000,
             "conv_kernel_size": 9,
