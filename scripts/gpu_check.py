@@ -7,7 +7,7 @@
    32 → 8 → 1 → 48, bfloat16 vs float32, device placement, cuda:1 with two GPUs);
 2. `benchmarks/streaming.py --model random:nemotron-0.6b` ramped at 80 / 160 / 560 ms chunks
    (streams one device keeps in real time).
-`--small` swaps in `random:tiny`, batches 4 → 2 → 1 → 6 and a ramp to 2 streams: the same code
+`--small` swaps in `random:tiny`, batches 3 → 2 → 1 → 4 and a ramp to 2 streams (no host-cost runs): the same code
 paths in a couple of minutes on a CPU. The exit status is non-zero if any part failed.
 On the device machine, install the wheels of scripts/gpu-wheels.sh first (docs/gpu.md).
 """
@@ -71,13 +71,14 @@ def run_bench(device: str, small: bool, chunks: list[int], ramp_max: int, env: d
         path = Path(tempfile.mkdtemp(prefix="gpu-check-")) / f"ramp-{chunk}.json"
         started = time.monotonic()
         done = subprocess.run([sys.executable, "benchmarks/streaming.py", "--model", model, "--device", device,
-                               "--chunk-ms", str(chunk), "--decoder-path", "vectorised", "--host-steps", "4",
+                               "--chunk-ms", str(chunk), "--decoder-path", "vectorised",
+                               "--host-steps", "0" if small else "4", "--threads", "1" if small else "2",
                                "--ramp-max", str(ramp_max), "--json", str(path)],
                               cwd=ROOT, env=env, capture_output=True, text=True)
         entry = {"exit_code": done.returncode, "seconds": round(time.monotonic() - started, 1)}
         if done.returncode == 0 and path.exists():
             result = json.loads(path.read_text())
-            entry.update(dtype=result.get("dtype"), **result["ramp"])
+            entry.update(dtype=result.get("dtype"), host_cost=result.get("host_cost"), **result["ramp"])
         else:
             entry["output_tail"] = (done.stdout + done.stderr)[-2000:]
         out[str(chunk)] = entry

@@ -4,7 +4,7 @@ Collected only with `-m gpu` (tests/conftest.py keeps them out of the CPU run's 
 skipped without CUDA. `NVASR_GPU_CHECK_DEVICE` picks the device (default cuda); the check's dry
 mode on the CPU (`--device cpu --small`, tests/test_gpu_check.py in CI) sets it to cpu and
 `NVASR_GPU_CHECK_SMALL=1`, which swaps the full-size random models for `random:tiny` and the
-batch sizes 32 → 8 → 1 → 48 for 4 → 2 → 1 → 6, so the same code paths run in seconds.
+batch sizes 32 → 8 → 1 → 48 for 3 → 2 → 1 → 4, so the same code paths run in seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 DEVICE = os.environ.get("NVASR_GPU_CHECK_DEVICE", "cuda")
 SMALL = os.environ.get("NVASR_GPU_CHECK_SMALL") == "1"
-BATCHES = (4, 2, 1, 6) if SMALL else (32, 8, 1, 48)
+BATCHES = (3, 2, 1, 4) if SMALL else (32, 8, 1, 48)
 # worker → the random: spec of its production model's shape (services/random_models.py)
 FULL_SIZE = {"nemotron": "random:tiny" if SMALL else "random:nemotron-0.6b",
              "parakeet-realtime": "random:tiny" if SMALL else "random:parakeet-eou-120m"}

@@ -15,10 +15,10 @@ from .conftest import BATCHES, DEVICE, FULL_SIZE
 pytestmark = pytest.mark.gpu
 
 
-def _adapter(model, **kwargs):
+def _adapter(model, max_streams=max(BATCHES), **kwargs):
     from services.adapters.vectorised import VectorisedRNNTAdapter
 
-    return VectorisedRNNTAdapter(model, chunk_ms=160, max_streams=max(BATCHES), device=DEVICE, **kwargs)
+    return VectorisedRNNTAdapter(model, chunk_ms=160, max_streams=max_streams, device=DEVICE, **kwargs)
 
 
 def _rounds(adapter, clips) -> list[list[str]]:
@@ -64,9 +64,9 @@ def test_bfloat16_on_the_device_is_within_the_cpu_tolerances():
     items = clip_set("heldout")
     audios = [np.concatenate([it["samples"], np.zeros(16000, np.float32)]) for it in items]
     refs = [it["text"] for it in items]
-    fp32 = _adapter(str(ASSETS / "tiny_rnnt.nemo"), dtype="float32")
+    fp32 = _adapter(str(ASSETS / "tiny_rnnt.nemo"), len(audios), dtype="float32")
     hyp32, _ = _stream_all(fp32, audios)
-    hyp16, _ = _stream_all(_adapter(str(ASSETS / "tiny_rnnt.nemo"), dtype="bfloat16"), audios)
+    hyp16, _ = _stream_all(_adapter(str(ASSETS / "tiny_rnnt.nemo"), len(audios), dtype="bfloat16"), audios)
     assert _token_disagreement(fp32, hyp16, hyp32) <= TOKEN_DISAGREEMENT_MAX
     assert _wer(hyp16, refs) <= _wer(hyp32, refs) + WER_WORSE_MAX
 
