@@ -117,7 +117,10 @@ def _multitalker(cfg: StreamingConfig, model: str) -> StreamingAdapter:
     """Streaming Sortformer → multitalker ASR. The diarizer falls back on its own, so a
     local ASR with a hub diarizer (or the reverse) still gets the bundled half it lacks."""
     from .adapters.multitalker import MultitalkerAdapter
+    from .refusal import StartupRefusal
 
+    if cfg.cuda_graphs:  # its row decoder is not warmed at its largest row batch: graphs would capture mid-call
+        raise StartupRefusal("--cuda-graphs is not supported by the multitalker worker yet (docs/gpu.md)")
     diar = fetch_or_fallback(cfg.diar_model_id, cfg.diar_model_revision, cfg.diar_fallback_model, "diarizer")
     adapter = MultitalkerAdapter(model, diar.path, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["multitalker"],
                                  max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,

@@ -98,6 +98,7 @@ def test_every_worker_refuses_a_model_it_cannot_serve(trained_rnnt):
         (dict(worker="multitalker", model=sortformer, diar_model=diar), "multitalker worker's ASR needs a cache-aware"),
         (dict(worker="multitalker", model=asr, diar_model=str(trained_rnnt)), "must be a streaming Sortformer"),
         (dict(worker="multitalker", model=asr, diar_model=diar, chunk_ms=80), "--chunk-ms 80 needs att_context_size"),
+        (dict(worker="multitalker", model=asr, diar_model=diar, cuda_graphs=True), "--cuda-graphs is not supported"),
     ]
     for kwargs, message in cases:
         with pytest.raises(StartupRefusal, match=message.replace("(", r"\(").replace(")", r"\)")):
