@@ -24,7 +24,7 @@ from .utterances import utterance_pipeline_class
 
 logger = logging.getLogger(__name__)
 
-from .model_check import CHUNK_CONTEXTS  # noqa: F401  (chunk ms → att_context_size; re-exported)
+from .model_check import CHUNK_CONTEXTS  # chunk ms → att_context_size [left, right]
 
 
 def pipeline_config(
