@@ -6,7 +6,7 @@ DEVICE ?= auto
 .venv/.installed: pyproject.toml scripts/setup.sh scripts/lower-bounds.txt
 	bash scripts/setup.sh
 
-.PHONY: demo test bench
+.PHONY: demo test bench gpu-check
 demo: .venv/.installed
 	$(PY) agents/local_pipeline.py --device $(DEVICE)
 
@@ -15,3 +15,11 @@ test: .venv/.installed
 
 bench: .venv/.installed
 	$(PY) benchmarks/streaming.py --json bench-streaming.json
+
+# Everything a lent GPU should show, into gpu-check.json (docs/gpu.md). No .venv there: the device
+# machine's own python3 with the wheels of scripts/gpu-wheels.sh. GPU_CHECK_FLAGS="--device cpu
+# --small" is the dry mode CI runs (tests/test_gpu_check.py).
+GPU_PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+GPU_CHECK_FLAGS ?=
+gpu-check:
+	HF_HUB_OFFLINE=1 $(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_FLAGS) --out gpu-check.json

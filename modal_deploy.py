@@ -30,26 +30,36 @@ DEFAULTS = {
     "NVASR_APP_NAME": "pipecat-nvasr",
     "NVASR_GPU": "H100",
     "NVASR_DEVICE": "cuda",  # "cpu" runs a class locally (tests)
+    "NVASR_CUDA_GRAPHS": "0",  # 1: NeMo's CUDA-graph greedy decoder (off as in NeMo's reference config)
     "NVASR_NEMOTRON_MODEL": "nvidia/nemotron-speech-streaming-en-0.6b",
+    # Hugging Face commits each model is served at (`*_REVISION`; docs/gpu.md "Revision pins"). The
+    # nemotron checkpoint on main was retrained on 2026-03-12: a deploy must not change model under
+    # its users. "" = no commit known here: the first image build records main's commit in the
+    # Volume (`revisions.json`) and every later deploy serves that one until a pin is set.
+    "NVASR_NEMOTRON_REVISION": "ebe59e5a817142986528bbbee5dba8db7b38ed50",
     "NVASR_NEMOTRON_CHUNK_MS": "160",
     "NVASR_NEMOTRON_SESSIONS": "400",  # sessions per container: Modal routes each WebSocket as one input
     "NVASR_NEMOTRON_MIN_CONTAINERS": "0",
     "NVASR_NEMOTRON_BUFFER_CONTAINERS": "0",
     "NVASR_STREAMING_MAX_BATCH": "256",
     "NVASR_REALTIME_MODEL": "nvidia/parakeet_realtime_eou_120m-v1",
+    "NVASR_REALTIME_REVISION": "",  # unknown here: locked at the first build
     "NVASR_REALTIME_GPU": "L4",  # 120M parameters: a small GPU is plenty
     "NVASR_REALTIME_CHUNK_MS": "160",  # 80 or 160
     "NVASR_REALTIME_SESSIONS": "400",
     "NVASR_REALTIME_MIN_CONTAINERS": "0",
     "NVASR_REALTIME_BUFFER_CONTAINERS": "0",
     "NVASR_MULTITALKER_MODEL": "nvidia/multitalker-parakeet-streaming-0.6b-v1",
+    "NVASR_MULTITALKER_REVISION": "",  # unknown here: locked at the first build
     "NVASR_MULTITALKER_DIAR_MODEL": "nvidia/diar_streaming_sortformer_4spk-v2.1",
+    "NVASR_MULTITALKER_DIAR_REVISION": "cd03eee90fbec18297ac31b8c21546e596b7f71c",
     "NVASR_MULTITALKER_GPU": "H100",  # the diarizer re-encodes its speaker cache every step
     "NVASR_MULTITALKER_CHUNK_MS": "160",
     "NVASR_MULTITALKER_SESSIONS": "64",  # each session is up to 4 ASR rows (one per speaker)
     "NVASR_MULTITALKER_MIN_CONTAINERS": "0",
     "NVASR_MULTITALKER_BUFFER_CONTAINERS": "0",
     "NVASR_PARAKEET_MODEL": "nvidia/parakeet-tdt-0.6b-v3",
+    "NVASR_PARAKEET_REVISION": "541d1f99c6b0c3cd0b11a95167540bb8edefd82b",
     "NVASR_PARAKEET_MAX_BATCH": "128",
     "NVASR_PARAKEET_INPUTS": "512",  # requests in flight per GPU container
     "NVASR_PARAKEET_MIN_CONTAINERS": "0",
@@ -70,22 +80,28 @@ def _count(name: str) -> int:
 APP_NAME = _setting("NVASR_APP_NAME")
 GPU = _setting("NVASR_GPU")
 DEVICE = _setting("NVASR_DEVICE")
+CUDA_GRAPHS = _setting("NVASR_CUDA_GRAPHS") == "1"
 CACHE_DIR = "/cache"
 NEMOTRON_MODEL = _setting("NVASR_NEMOTRON_MODEL")
+NEMOTRON_REVISION = _setting("NVASR_NEMOTRON_REVISION") or None
 NEMOTRON_CHUNK_MS = _count("NVASR_NEMOTRON_CHUNK_MS")
 NEMOTRON_SESSIONS = _count("NVASR_NEMOTRON_SESSIONS")
 STREAMING_MAX_BATCH = _count("NVASR_STREAMING_MAX_BATCH")
 SESSION_TIMEOUT_S = 2 * 60 * 60  # the longest call a container serves
 REALTIME_MODEL = _setting("NVASR_REALTIME_MODEL")
+REALTIME_REVISION = _setting("NVASR_REALTIME_REVISION") or None
 REALTIME_GPU = _setting("NVASR_REALTIME_GPU")
 REALTIME_CHUNK_MS = _count("NVASR_REALTIME_CHUNK_MS")
 REALTIME_SESSIONS = _count("NVASR_REALTIME_SESSIONS")
 MULTITALKER_MODEL = _setting("NVASR_MULTITALKER_MODEL")
+MULTITALKER_REVISION = _setting("NVASR_MULTITALKER_REVISION") or None
 MULTITALKER_DIAR_MODEL = _setting("NVASR_MULTITALKER_DIAR_MODEL")
+MULTITALKER_DIAR_REVISION = _setting("NVASR_MULTITALKER_DIAR_REVISION") or None
 MULTITALKER_GPU = _setting("NVASR_MULTITALKER_GPU")
 MULTITALKER_CHUNK_MS = _count("NVASR_MULTITALKER_CHUNK_MS")
 MULTITALKER_SESSIONS = _count("NVASR_MULTITALKER_SESSIONS")
 PARAKEET_MODEL = _setting("NVASR_PARAKEET_MODEL")
+PARAKEET_REVISION = _setting("NVASR_PARAKEET_REVISION") or None
 PARAKEET_MAX_BATCH = _count("NVASR_PARAKEET_MAX_BATCH")
 PARAKEET_INPUTS = _count("NVASR_PARAKEET_INPUTS")
 SEGMENTER_SESSIONS = _count("NVASR_SEGMENTER_SESSIONS")
@@ -106,14 +122,29 @@ weights = modal.Volume.from_name("nvasr-weights", create_if_missing=True)
 auth = modal.Secret.from_name("nvasr-auth", required_keys=["NVASR_TOKEN"])
 
 
-def download_weights(model_ids: list[str]) -> None:
-    """Runs at image build: weights land in the volume, never fetched at container start."""
-    from huggingface_hub import snapshot_download
+LOCK_PATH = f"{CACHE_DIR}/revisions.json"  # services/weights.py: model id → the commit served
+PINS = {
+    NEMOTRON_MODEL: NEMOTRON_REVISION,
+    PARAKEET_MODEL: PARAKEET_REVISION,
+    REALTIME_MODEL: REALTIME_REVISION,
+    MULTITALKER_MODEL: MULTITALKER_REVISION,
+    MULTITALKER_DIAR_MODEL: MULTITALKER_DIAR_REVISION,
+}
 
-    for model_id in model_ids:
-        if not os.path.exists(model_id):
-            snapshot_download(model_id)
+
+def download_weights(pins: dict) -> None:
+    """Runs at image build: every model lands in the volume at its pinned (or locked) commit,
+    never fetched at container start (the containers run with HF_HUB_OFFLINE=1)."""
+    from services.weights import lock_revisions
+
+    print("serving revisions:", lock_revisions(pins, LOCK_PATH))
     weights.commit()
+
+
+def _revision(model_id: str, pin) -> str | None:
+    from services.weights import locked_revision
+
+    return locked_revision(model_id, pin, LOCK_PATH)
 
 
 image = (
@@ -133,11 +164,13 @@ image = (
         "huggingface_hub[hf_transfer]",
     )
     .env({"HF_HOME": f"{CACHE_DIR}/hf", "HF_HUB_ENABLE_HF_TRANSFER": "1", "TOKENIZERS_PARALLELISM": "false"})
-    .run_function(download_weights, args=([NEMOTRON_MODEL, PARAKEET_MODEL, REALTIME_MODEL, MULTITALKER_MODEL, MULTITALKER_DIAR_MODEL],), volumes={CACHE_DIR: weights})
+    .add_local_python_source("services", "pipecat_nvasr", copy=True)  # download_weights needs services.weights
+    .run_function(download_weights, args=(PINS,), volumes={CACHE_DIR: weights})
     .add_local_file(Path(__file__).parent / "tests/assets/demo.wav", "/root/assets/demo.wav")
     .add_local_dir(Path(__file__).parent / "frontend", "/root/frontend")  # the page at `/`
-    .add_local_python_source("services", "pipecat_nvasr")
 )
+# serving containers read the weights from the Volume only: a deploy never fetches another revision
+SERVING_ENV = {**CONTAINER_ENV, "HF_HUB_OFFLINE": "1"}
 
 
 def _warmup_samples():
@@ -150,23 +183,29 @@ class _StreamingWorker:
     """Shared shell of the streaming classes: load + warm in the snapshot, serve after restore."""
 
     config: dict = {}
+    pins: dict = {}  # config key → (model id, pin): the revisions each container serves
+
+    def _config(self, **extra) -> dict:
+        return {**self.config, **{key: _revision(*pin) for key, pin in self.pins.items()}, **extra}
 
     @modal.enter(snap=True)
     def load(self) -> None:
-        """Load and warm the model on bundled speech; the GPU snapshot is taken after this."""
-        from services.streaming_worker import StreamingConfig, load_adapter
+        """Load and warm the model on bundled speech (with --cuda-graphs, at the largest batch
+        too); the GPU snapshot is taken after this."""
+        from services.streaming_worker import StreamingConfig, load_adapter, warm_up
 
-        self.adapter = load_adapter(StreamingConfig(**self.config))
-        self.adapter.warmup(_warmup_samples())
+        cfg = StreamingConfig(**self._config())
+        self.adapter = load_adapter(cfg)
+        warm_up(self.adapter, cfg, _warmup_samples())
 
     @modal.enter(snap=False)
     def serve(self) -> None:
         """After restore: the token is read now, so rotating the secret needs no new snapshot."""
         from services.streaming_worker import StreamingConfig, create_streaming_app
 
-        cfg = StreamingConfig(**self.config, token=os.environ["NVASR_TOKEN"])
         from services.server.drain import exit_process_soon
 
+        cfg = StreamingConfig(**self._config(token=os.environ["NVASR_TOKEN"]))
         # a dead engine ends the container: Modal starts a fresh one instead of routing callers here
         self.asgi = create_streaming_app(cfg, adapter=self.adapter, on_dead=exit_process_soon)
 
@@ -187,7 +226,7 @@ def _streaming_cls(gpu: str, sessions: int, scaling: dict):
             image=image,
             volumes={CACHE_DIR: weights},
             secrets=[auth],
-            env=CONTAINER_ENV,
+            env=SERVING_ENV,
             timeout=SESSION_TIMEOUT_S,
             scaledown_window=300,
             enable_memory_snapshot=True,
@@ -209,8 +248,10 @@ class Nemotron(_StreamingWorker):
         chunk_ms=NEMOTRON_CHUNK_MS,
         max_sessions=NEMOTRON_SESSIONS,
         max_batch=STREAMING_MAX_BATCH,
+        cuda_graphs=CUDA_GRAPHS,
         warmup=False,
     )
+    pins = {"model_revision": (NEMOTRON_MODEL, NEMOTRON_REVISION)}
 
 
 @_streaming_cls(REALTIME_GPU, REALTIME_SESSIONS, _scaling("REALTIME"))
@@ -224,8 +265,10 @@ class ParakeetRealtime(_StreamingWorker):
         chunk_ms=REALTIME_CHUNK_MS,
         max_sessions=REALTIME_SESSIONS,
         max_batch=STREAMING_MAX_BATCH,
+        cuda_graphs=CUDA_GRAPHS,
         warmup=False,
     )
+    pins = {"model_revision": (REALTIME_MODEL, REALTIME_REVISION)}
 
 
 @_streaming_cls(MULTITALKER_GPU, MULTITALKER_SESSIONS, _scaling("MULTITALKER"))
@@ -243,6 +286,8 @@ class Multitalker(_StreamingWorker):
         max_batch=STREAMING_MAX_BATCH,
         warmup=False,
     )
+    pins = {"model_revision": (MULTITALKER_MODEL, MULTITALKER_REVISION),
+            "diar_model_revision": (MULTITALKER_DIAR_MODEL, MULTITALKER_DIAR_REVISION)}
 
 
 # The segmenter needs no GPU, torch or NeMo: Silero VAD runs on onnxruntime inside pipecat-ai.
@@ -270,7 +315,7 @@ segmenter_image = (
     image=image,
     volumes={CACHE_DIR: weights},
     secrets=[auth],
-    env=CONTAINER_ENV,
+    env=SERVING_ENV,
     timeout=10 * 60,
     scaledown_window=300,
     enable_memory_snapshot=True,
@@ -291,7 +336,7 @@ class Parakeet:
     def load(self) -> None:
         from services.batch_worker import BatchConfig, load_batch_model
 
-        self.model = load_batch_model(BatchConfig(**self.config))
+        self.model = load_batch_model(BatchConfig(**self.config, model_revision=_revision(PARAKEET_MODEL, PARAKEET_REVISION)))
         self.model.transcribe([_warmup_samples()] * 4)
 
     @modal.enter(snap=False)

@@ -38,18 +38,6 @@ DEFAULT_FILE = REPO / "tests" / "assets" / "demo.wav"
 FRAME_MS = 20
 
 
-def resolve_device(device: str) -> str:
-    """`auto` → `cuda` when torch sees a GPU, else `cpu`; anything else as given."""
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
 def hub_reachable(timeout: float = 3.0) -> bool:
     """A TCP connect to the hub, so an offline machine learns it in ≤ 3 s, not a hang."""
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
@@ -81,13 +69,16 @@ class LocalWorker:
             from nemo.utils import logging as nemo_logging
 
             nemo_logging.set_verbosity(logging.WARNING)
+        from services.refusal import StartupRefusal
+
         fallback = str(FALLBACK_MODEL) if FALLBACK_MODEL.exists() else None
-        self.device = resolve_device(device)
-        print(f"loading {model} on {self.device} ...", flush=True)
         try:
-            app = create_streaming_app(
-                StreamingConfig(model=model, fallback_model=fallback, token=token, device=self.device)
-            )
+            cfg = StreamingConfig(model=model, fallback_model=fallback, token=token, device=device)
+            self.device = cfg.device  # parsed: auto became cpu or cuda:N
+            print(f"loading {model} on {self.device} ...", flush=True)
+            app = create_streaming_app(cfg)
+        except StartupRefusal as exc:  # a device or model this machine cannot serve
+            sys.exit(f"could not start the local worker: {exc}")
         except Exception as exc:
             missing = "" if fallback else f"; the bundled fallback {FALLBACK_MODEL} is missing too"
             sys.exit(f"could not load {model}: {type(exc).__name__}: {str(exc)[:300]}{missing}")

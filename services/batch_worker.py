@@ -14,6 +14,7 @@ from .batch.api import DEFAULT_MAX_UPLOAD_BYTES, UploadLimit, transcription_rout
 from .batch.batcher import DynamicBatcher
 from .batch.deepgram_prerecorded import PRERECORDED_PATH, prerecorded_router
 from .batch.model import DEFAULT_MODEL, OfflineASRModel
+from .devices import default_dtype, parse_device
 from .server.app import create_app
 from .server.metrics import Metrics
 
@@ -21,7 +22,8 @@ from .server.metrics import Metrics
 @dataclass
 class BatchConfig:
     model: Optional[str] = None  # a Hugging Face id or a local .nemo path
-    device: str = "cpu"
+    model_revision: Optional[str] = None  # the Hugging Face commit to serve (None: main; modal_deploy pins it)
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (devices.py)
     dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
     max_batch: int = 128
     max_wait_ms: float = 10.0
@@ -38,8 +40,14 @@ class BatchConfig:
 
 
 def load_batch_model(cfg: BatchConfig) -> OfflineASRModel:
-    dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
-    return OfflineASRModel(cfg.model_id, device=cfg.device, dtype=dtype)
+    """The model at its pinned revision on the parsed device; `model_name` reports the revision."""
+    from .weights import fetch
+
+    device = parse_device(cfg.device)
+    weights = fetch(cfg.model_id, cfg.model_revision)
+    model = OfflineASRModel(weights.path, device=str(device), dtype=cfg.dtype or default_dtype(device))
+    model.model_name = weights.label
+    return model
 
 
 def create_batcher(cfg: BatchConfig, model: OfflineASRModel, metrics: Optional[Metrics] = None) -> DynamicBatcher:

@@ -16,6 +16,7 @@ import sys
 from typing import Optional
 
 STREAMING_WORKERS = ("nemotron", "parakeet-realtime", "multitalker")
+DEVICE_HELP = "auto (the first GPU torch sees, else the CPU), cpu, cuda or cuda:N"
 
 
 def _is_loopback(host: str) -> bool:
@@ -75,6 +76,7 @@ def streaming_config(args):
         token=resolve_token(args),
         max_utterance_s=args.max_utterance_s if args.max_utterance_s > 0 else None,
         endpoint_silence_ms=getattr(args, "endpoint_silence_ms", None),
+        cuda_graphs=args.cuda_graphs,
         **({"speaker_threshold": args.speaker_threshold, "speaker_silence_ms": args.speaker_silence_ms}
            if args.worker == "multitalker" else {}),
     )
@@ -197,7 +199,7 @@ def _transcribe(args) -> None:
 def _add_parakeet_commands(serve_sub, sub) -> None:
     p = serve_sub.add_parser("parakeet", help="the Parakeet batch worker (OpenAI-compatible /v1/audio/transcriptions)")
     p.add_argument("--model", help="Hugging Face id or local .nemo (default: nvidia/parakeet-tdt-0.6b-v3)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--max-batch", type=int, default=128, help="utterances per model call")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
@@ -223,7 +225,7 @@ def _add_parakeet_commands(serve_sub, sub) -> None:
     where.add_argument("--local", action="store_true", help="load the model in this process instead")
     t.add_argument("--token")
     t.add_argument("--model", help="with --local: Hugging Face id or .nemo")
-    t.add_argument("--device", default="cuda" if _cuda() else "cpu", help="with --local")
+    t.add_argument("--device", default="auto", help=f"with --local: {DEVICE_HELP}")
     t.add_argument("--batch-size", type=int, default=32, help="with --local")
     t.add_argument("--concurrency", type=int, default=32, help="uploads in flight")
     t.add_argument("--language", default="en")
@@ -258,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-utterance-s", type=float, default=30.0,
                        help="an utterance running longer is cut before its last word (0: no limit)")
         p.add_argument("--fallback-model", help="local .nemo to use, with a warning, if --model cannot load")
-        p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
+        p.add_argument("--cuda-graphs", action="store_true",
+                       help="NeMo's CUDA-graph greedy decoder, captured at warm-up at --max-batch (default off, "
+                            "as in NeMo's reference streaming config; docs/gpu.md)")
         p.add_argument("--chunk-ms", type=int, choices=[80, 160, 560, 1120])
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
@@ -285,18 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 def main(argv: Optional[list[str]] = None) -> None:
+    from .refusal import StartupRefusal
+
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except StartupRefusal as exc:  # a configuration this machine or model cannot serve: one line, no traceback
+        sys.exit(f"nvasr: {exc}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,15 @@ random weights, for benchmarks and tests (no weights are downloadable here).
     random:minimal        d_model 16, 1 layer, 16 mels: next to no compute, so a step's time is host cost
     random:tiny           d_model 64, 2 layers (the tests' random model)
     random:nemotron-0.6b  the production shape: cache-aware FastConformer, 24 layers, d_model 1024,
-                          8 heads, FF x4, 128 mel features, 8x causal dw_striding subsampling (256
-                          channels), causal convs kernel 9, chunked_limited attention
-                          [[70,13],[70,6],[70,1],[70,0]], RNNT with a 2-layer LSTM prediction net
-                          and joint of 640 (as published for Nemotron speech streaming 0.6B models)
+                          8 heads, FF x4, no Linear/Conv1d biases in the conformer layers, 128 mel
+                          features, 8x causal dw_striding subsampling (256 channels), causal convs
+                          kernel 9, chunked_limited attention [[70,13],[70,6],[70,1],[70,0]], RNNT
+                          with a 2-layer LSTM prediction net and joint of 640 (as published for
+                          Nemotron speech streaming 0.6B models)
+    random:parakeet-eou-120m  parakeet_realtime_eou_120m-v1's encoder: 17 layers x 512, 8 heads,
+                          FF x4, no biases, no xscaling, [70,1] only; its 80 mels and the 640-wide
+                          1-layer prediction net are the FastConformer-110M family's, not read
+                          off this model's card. Served by parakeet-realtime it is the EOU class.
 
 The tokenizer is trained on the small word list in `tiny_model.WORDS`; SentencePiece stops
 short of a large requested vocabulary, so `nemotron-0.6b`'s joint is narrower than the real
@@ -30,7 +35,12 @@ ARCHS: dict[str, dict] = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, vocab=64),
     "nemotron-0.6b": dict(
         d_model=1024, n_layers=24, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
-        pred_hidden=640, pred_rnn_layers=2, n_mels=128, vocab=1024,
+        pred_hidden=640, pred_rnn_layers=2, n_mels=128, vocab=1024, use_bias=False,
+    ),
+    "parakeet-eou-120m": dict(
+        d_model=512, n_layers=17, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
+        pred_hidden=640, pred_rnn_layers=1, n_mels=80, vocab=1024, use_bias=False, xscaling=False,
+        att_context_size=[[70, 1]],
     ),
 }
 

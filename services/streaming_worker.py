@@ -6,19 +6,19 @@ of their own. Each worker kind names its default production model and its adapte
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from fastapi import FastAPI
 
+from .devices import default_dtype, parse_device, use_device
 from .engine.adapter import StreamingAdapter
 from .engine.core import EngineCore
 from .server.app import create_app
 from .server.listen import ListenSettings
 from .server.metrics import Metrics
+from .weights import fetch_or_fallback
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +36,14 @@ DEFAULT_CHUNK_MS = {"nemotron": 160, "parakeet-realtime": 160, "multitalker": 16
 class StreamingConfig:
     worker: str = "nemotron"
     model: Optional[str] = None  # a Hugging Face id, a local .nemo path or random:<arch> (random_models.py)
-    fallback_model: Optional[str] = None  # used, loudly, when `model` cannot be loaded
+    model_revision: Optional[str] = None  # the Hugging Face commit to serve (None: main; modal_deploy pins it)
+    fallback_model: Optional[str] = None  # used, loudly, only when `model` cannot be DOWNLOADED
     diar_model: Optional[str] = None  # multitalker only: the diarizer (a Hugging Face id or a local .nemo)
+    diar_model_revision: Optional[str] = None
     diar_fallback_model: Optional[str] = None  # multitalker only: as `fallback_model`, for the diarizer
     speaker_threshold: float = 0.5  # multitalker: diarizer probability that opens a speaker's utterance
     speaker_silence_ms: int = 640  # multitalker: a speaker quiet this long gets their final
-    device: str = "cpu"
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N; parsed once (devices.py) into "cpu" / "cuda:N"
     dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
     chunk_ms: Optional[int] = None
     max_sessions: int = 256
@@ -61,6 +63,10 @@ class StreamingConfig:
     # blank run after an utterance's last token that ends it (None: the worker's default — 720 ms
     # for nemotron; 1500 ms for parakeet-realtime, a backstop behind its <EOU>; 0: off)
     endpoint_silence_ms: Optional[int] = None
+    cuda_graphs: bool = False  # NeMo's CUDA-graph greedy decoder, captured at warm-up (docs/gpu.md)
+
+    def __post_init__(self) -> None:
+        self.device = str(parse_device(self.device))
 
     @property
     def model_id(self) -> str:
@@ -72,7 +78,7 @@ class StreamingConfig:
 
 
 def _dtype(cfg: StreamingConfig) -> str:
-    return cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") and not cfg.amp else "float32")
+    return cfg.dtype or default_dtype(cfg.device, cfg.amp)
 
 
 def _utterance_bounds(cfg: StreamingConfig) -> dict:
@@ -87,7 +93,8 @@ def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
 
     return VectorisedRNNTAdapter(model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["nemotron"],
                                  max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
-                                 boosting=cfg.boosting, **_utterance_bounds(cfg))
+                                 boosting=cfg.boosting, cuda_graphs=cfg.cuda_graphs,
+                                 **_utterance_bounds(cfg))
 
 
 def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
@@ -95,37 +102,24 @@ def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
 
     return VectorisedEOUAdapter(model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["parakeet-realtime"],
                                 max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
-                                boosting=cfg.boosting, **_utterance_bounds(cfg))
-
-
-@functools.lru_cache(maxsize=None)  # a retry of the build (the ASR's fallback) asks again: warn once
-def _loadable(model_id: str, fallback: Optional[str], what: str) -> str:
-    """`model_id` when its weights can be had (a local file, or fetched into the hub cache),
-    else, loudly, `fallback`. For a second model of one worker (the diarizer), whose failure
-    `load_adapter` cannot tell from the first's."""
-    if not fallback or os.path.exists(model_id):
-        return model_id
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(model_id)
-        return model_id
-    except Exception as exc:
-        logger.warning("could not fetch the %s %s (%s: %s); falling back to %s.", what, model_id,
-                       type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", fallback)
-        print(f"NOTE: {what} {model_id} could not be downloaded; using the bundled {fallback} instead.")
-        return fallback
+                                boosting=cfg.boosting, cuda_graphs=cfg.cuda_graphs,
+                                **_utterance_bounds(cfg))
 
 
 def _multitalker(cfg: StreamingConfig, model: str) -> StreamingAdapter:
     """Streaming Sortformer → multitalker ASR. The diarizer falls back on its own, so a
     local ASR with a hub diarizer (or the reverse) still gets the bundled half it lacks."""
     from .adapters.multitalker import MultitalkerAdapter
+    from .refusal import StartupRefusal
 
-    diar_model = _loadable(cfg.diar_model_id, cfg.diar_fallback_model, "diarizer")
-    return MultitalkerAdapter(model, diar_model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["multitalker"],
-                              max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
-                              speaker_threshold=cfg.speaker_threshold, speaker_silence_ms=cfg.speaker_silence_ms)
+    if cfg.cuda_graphs:  # its row decoder is not warmed at its largest row batch: graphs would capture mid-call
+        raise StartupRefusal("--cuda-graphs is not supported by the multitalker worker yet (docs/gpu.md)")
+    diar = fetch_or_fallback(cfg.diar_model_id, cfg.diar_model_revision, cfg.diar_fallback_model, "diarizer")
+    adapter = MultitalkerAdapter(model, diar.path, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["multitalker"],
+                                 max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
+                                 speaker_threshold=cfg.speaker_threshold, speaker_silence_ms=cfg.speaker_silence_ms)
+    adapter.diar_model = diar.label
+    return adapter
 
 
 ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {
@@ -136,29 +130,29 @@ ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {
 
 
 def load_adapter(cfg: StreamingConfig) -> StreamingAdapter:
-    """Load the worker's model; if it cannot be had and a fallback is set, say so and use that."""
+    """Load the worker's model. A fallback is used, loudly, only when the model cannot be
+    DOWNLOADED; any other load error (a wrong model class, an untrained chunk size: a
+    `StartupRefusal`) stops the worker with its cause."""
     if cfg.worker not in ADAPTERS:
         raise ValueError(f"unknown streaming worker {cfg.worker!r}; known: {sorted(ADAPTERS)}")
     if cfg.model == "null":  # no model: measures the host side alone (benchmarks/load.py)
         from .adapters.null import NullAdapter
 
         return NullAdapter(chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS[cfg.worker], max_streams=cfg.max_sessions)
-    build = ADAPTERS[cfg.worker]
-    try:
-        return build(cfg, cfg.model_id)
-    except Exception as exc:
-        if not cfg.fallback_model or os.path.exists(cfg.model_id) or cfg.model_id.startswith("random:"):
-            raise
-        logger.warning(
-            "could not load %s (%s: %s) — the model hub is probably unreachable from here. "
-            "Falling back to %s.",
-            cfg.model_id, type(exc).__name__, str(exc).splitlines()[0][:200], cfg.fallback_model,
-        )
-        print(
-            f"NOTE: model {cfg.model_id} could not be downloaded; using the bundled model "
-            f"{cfg.fallback_model} instead (it knows a small demo vocabulary only)."
-        )
-        return build(cfg, cfg.fallback_model)
+    weights = fetch_or_fallback(cfg.model_id, cfg.model_revision, cfg.fallback_model)
+    adapter = ADAPTERS[cfg.worker](cfg, weights.path)
+    adapter.model_name = weights.label  # `ready` and /health report it: hub id@commit, a path or a spec
+    return adapter
+
+
+def warm_up(adapter: StreamingAdapter, cfg: StreamingConfig, samples=None) -> None:
+    """Pay every lazy initialisation before the first session: one stream of `samples`, and
+    with CUDA graphs on, one step at the engine's largest batch, so NeMo captures its graphs
+    now (its decoder keeps buffers for the largest batch seen) and never on the serving path."""
+    use_device(cfg.device)
+    adapter.warmup(samples)
+    if cfg.cuda_graphs and hasattr(adapter, "warmup_batch"):
+        adapter.warmup_batch(min(cfg.max_batch, cfg.max_sessions))
 
 
 def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapter] = None,
@@ -184,8 +178,9 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
 
     async def start() -> None:
         await engine.start()
+        await engine.run_on_model_thread(use_device, cfg.device)  # CUDA's current device is per thread
         if cfg.warmup:
-            await engine.run_on_model_thread(adapter.warmup)
+            await engine.run_on_model_thread(warm_up, adapter, cfg)
 
     def health() -> dict:
         return {

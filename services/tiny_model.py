@@ -116,6 +116,8 @@ def model_config(
     dither: float = 0.0,
     optim: Optional[dict] = None,
     validation_batch_size: int = 1,
+    use_bias: bool = True,
+    xscaling: bool = True,
 ) -> dict:
     """A cache-aware FastConformer-RNNT config in the shape of the production models.
 
@@ -161,7 +163,8 @@ def model_config(
             "att_context_size": att_context_size,
             "att_context_probs": None,
             "att_context_style": "chunked_limited",
-            "xscaling": True,
+            "xscaling": xscaling,  # scale attention inputs by sqrt(d_model)
+            "use_bias": use_bias,  # biases in every Linear/Conv1d of the conformer layers
             "untie_biases": True,
             "pos_emb_max_len": 5000,
             "conv_kernel_size": 9,

@@ -25,6 +25,14 @@ ASSETS = Path(__file__).parent / "assets"
 TOKEN = "test-token"
 
 
+def pytest_ignore_collect(collection_path, config):
+    """tests/gpu is collected only when asked for with `-m gpu` (`make gpu-check`): the CPU run
+    neither imports nor skips it."""
+    if collection_path == Path(__file__).parent / "gpu" and "gpu" not in (config.getoption("markexpr") or ""):
+        return True
+    return None
+
+
 def pytest_configure(config):
     import torch
 

@@ -124,6 +124,8 @@ def container_env(name):
 print(json.dumps({
     "served": {"Nemotron": d.Nemotron.config, "ParakeetRealtime": d.ParakeetRealtime.config,
                "Multitalker": d.Multitalker.config, "Parakeet": d.Parakeet.config},
+    "pins": d.PINS,
+    "offline": {n: d.SERVING_ENV.get("HF_HUB_OFFLINE") for n in ("Nemotron",)},
     "concurrency": {"Nemotron": d.NEMOTRON_SESSIONS, "ParakeetRealtime": d.REALTIME_SESSIONS,
                     "Multitalker": d.MULTITALKER_SESSIONS,
                     "Parakeet": d.PARAKEET_INPUTS, "ParakeetSegmenter": d.SEGMENTER_SESSIONS},
@@ -167,6 +169,7 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
         NVASR_MULTITALKER_CHUNK_MS="80",
         NVASR_MULTITALKER_SESSIONS="12",
         NVASR_MULTITALKER_MIN_CONTAINERS="1",
+        NVASR_PARAKEET_REVISION="1" * 40,  # a pin overridden at deploy time
     )
     deployed = _import_report(deploy_env)
     for name, carried in deployed["container_env"].items():
@@ -175,7 +178,13 @@ def test_containers_serve_the_deploy_time_settings(tmp_path):
         assert in_container["served"] == deployed["served"], name
         assert in_container["concurrency"] == deployed["concurrency"], name
         assert in_container["gpus"] == deployed["gpus"], name
+        assert in_container["pins"] == deployed["pins"], name
 
+    # every hub model is pinned to a commit (or, unknown here, locked at the first image build);
+    # the serving containers never reach the hub, so a redeploy cannot change the model
+    assert deployed["pins"]["nvidia/parakeet-tdt-0.6b-v2"] == "1" * 40
+    assert deployed["pins"]["nvidia/multitalker-parakeet-streaming-0.6b-v1"] is None  # unknown: locked at build
+    assert deployed["offline"]["Nemotron"] == "1"
     nemotron = deployed["served"]["Nemotron"]
     assert nemotron["model"].endswith("custom-nemotron.nemo") and nemotron["chunk_ms"] == 80
     assert nemotron["max_sessions"] == deployed["concurrency"]["Nemotron"] == 48

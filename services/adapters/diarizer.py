@@ -29,12 +29,16 @@ STATE_FIELDS = ("spkcache", "spkcache_lengths", "spkcache_preds", "fifo", "fifo_
 
 
 def load_sortformer(name: str, device: torch.device):
+    """The diarizer on `device` (the ASR's `torch.device`, e.g. cuda:1), refused unless a streaming Sortformer."""
     from nemo.collections.asr.models import SortformerEncLabelModel
+
+    from .model_check import check_diarizer
 
     if name.endswith(".nemo"):
         model = SortformerEncLabelModel.restore_from(name, map_location=device)
     else:
         model = SortformerEncLabelModel.from_pretrained(name, map_location=device)
+    check_diarizer(model, name)
     return model.eval()
 
 

@@ -47,6 +47,8 @@ from .vectorised import VectorisedRNNTAdapter
 class _RowASR(VectorisedRNNTAdapter):
     """The vectorised cache-aware RNNT step, with speaker targets set before each encoder call."""
 
+    worker = "the multitalker worker's ASR"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.conditioned = hasattr(self.wrapper.asr_model, "set_speaker_targets")

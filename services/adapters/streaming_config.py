@@ -5,8 +5,7 @@ own expressions (and the NeMo-pipeline reference in tests/reference/ builds its 
 
 from __future__ import annotations
 
-# chunk (ms) → att_context_size [left, right] in encoder frames (80 ms each)
-CHUNK_CONTEXTS = {80: [70, 0], 160: [70, 1], 560: [70, 6], 1120: [70, 13]}
+from .model_check import CHUNK_CONTEXTS  # noqa: F401  (re-exported)  # chunk ms → att_context_size [left, right]
 
 
 def pipeline_config(
@@ -19,15 +18,18 @@ def pipeline_config(
     boosting: bool = True,
 ) -> dict:
     """The NeMo inference-pipeline config for one cache-aware RNNT model."""
+    from ..devices import nemo_device_args
+
     if chunk_ms not in CHUNK_CONTEXTS:
         raise ValueError(f"chunk_ms must be one of {sorted(CHUNK_CONTEXTS)}, not {chunk_ms}")
+    device_type, device_id = nemo_device_args(device)
     return {
         "asr_decoding_type": "rnnt",
         "pipeline_type": "cache_aware",
         "asr": {
             "model_name": model,
-            "device": device,
-            "device_id": 0,
+            "device": device_type,
+            "device_id": device_id,
             "compute_dtype": compute_dtype,
             "use_amp": False,
             "decoding": {

@@ -44,13 +44,18 @@ def _wrapper_class():
 
     class ModelWrapper(CacheAwareRNNTInferenceWrapper):
         eou = False
+        worker = "this worker"
 
         def load_model(self, model_name, map_location):
             from .. import random_models
+            from .model_check import check_streaming_asr
 
             if not random_models.is_random(model_name):
-                return CacheAwareRNNTInferenceWrapper.load_model(model_name, map_location)
-            return random_models.build(model_name, eou=self.eou).to(map_location).eval()
+                model = CacheAwareRNNTInferenceWrapper.load_model(model_name, map_location)
+            else:
+                model = random_models.build(model_name, eou=self.eou).to(map_location).eval()
+            check_streaming_asr(model, model_name, self.worker)  # before NeMo's wrapper reads it
+            return model
 
     return ModelWrapper
 
@@ -59,20 +64,27 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
     eou_model = False  # `random:` specs build the EOU model class (the EOU subclass)
     _eou_id = -1
 
+    worker = "the nemotron worker"  # named in start-up refusals
+
     def __init__(self, model: str, chunk_ms: int = 160, max_streams: int = 256, device: str = "cpu",
                  dtype: str = "float32", endpoint_silence_ms: int = 720, amp: bool = False, boosting: bool = True,
-                 max_utterance_s: Optional[float] = 30.0):
-        """`dtype` float64 is the exact reference on CPU; `amp` runs float32 weights under
-        bfloat16 autocast; `boosting=False` drops per-stream key phrases (see docs/architecture.md);
-        `max_utterance_s` (None: unbounded) cuts an utterance that runs longer."""
+                 max_utterance_s: Optional[float] = 30.0, cuda_graphs: bool = False):
+        """`device`: cpu, cuda or cuda:N (`devices.parse_device`); `dtype` float64 is the exact
+        reference on CPU, bfloat16 casts the weights (on the CPU too: the bf16 tests); `amp` runs
+        float32 weights under bfloat16 autocast; `boosting=False` drops per-stream key phrases;
+        `max_utterance_s` (None: unbounded) cuts an utterance that runs longer; `cuda_graphs`
+        turns on NeMo's CUDA-graph greedy decoder (off, as in NeMo's reference streaming config;
+        docs/gpu.md)."""
         import torch
         from omegaconf import OmegaConf
         from nemo.collections.asr.inference.factory.cache_aware_pipeline_builder import CacheAwarePipelineBuilder
         from nemo.collections.asr.inference.utils.bpe_decoder import BPEDecoder
         from nemo.collections.asr.inference.utils.pipeline_utils import get_leading_punctuation_regex_pattern
 
+        from ..devices import nemo_device_args
         from .features import FeatureFrontend
         from .greedy import BatchedGreedy
+        from .model_check import check_att_context
         from .slots import SlotStore
         from .text import UtteranceText
 
@@ -80,20 +92,24 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         self.model_name = model
         self.max_streams = max_streams
         self.endpoint_silence_ms = endpoint_silence_ms
+        device_type, device_id = nemo_device_args(device)
         cfg = self._pipeline_config(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms)
         cfg["asr"]["decoding"]["greedy"]["enable_per_stream_biasing"] = boosting
+        cfg["asr"]["decoding"]["greedy"]["use_cuda_graph_decoder"] = cuda_graphs
         cfg = OmegaConf.create(cfg)
         compute = "float32" if dtype == "float64" else dtype
         wrapper_cls = _wrapper_class()
-        wrapper_cls.eou = self.eou_model
+        wrapper_cls.eou, wrapper_cls.worker = self.eou_model, self.worker
         w = wrapper_cls(
-            model_name=model, decoding_cfg=CacheAwarePipelineBuilder.get_rnnt_decoding_cfg(cfg), device=device,
-            device_id=0, compute_dtype=compute, use_amp=amp,
+            model_name=model, decoding_cfg=CacheAwarePipelineBuilder.get_rnnt_decoding_cfg(cfg), device=device_type,
+            device_id=device_id, compute_dtype=compute, use_amp=amp,
         )
         self.wrapper = w
-        if dtype == "float64":
-            w.asr_model.double()
-            w.cast_dtype = torch.float64
+        check_att_context(w.asr_model, model, list(cfg.streaming.att_context_size), chunk_ms)
+        if dtype in ("float64", "bfloat16") and w.cast_dtype != getattr(torch, dtype):
+            # NeMo's setup_device computes in float32 on a CPU whatever was asked: cast ourselves
+            w.asr_model.to(getattr(torch, dtype))
+            w.cast_dtype = getattr(torch, dtype)
         self.device = w.device
         self.amp = amp
         self.compute_dtype = w.compute_dtype
@@ -339,6 +355,15 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
 
     def compile_boost(self, phrases) -> None:
         self.boosting.compile(phrases)
+
+    def warmup_batch(self, size: int) -> None:
+        """Step `size` fresh streams at once, then their (empty) last chunks: the engine's largest
+        batch, so a CUDA-graph decoder captures at that size now (streams -1..-size, released)."""
+        size = min(size, self.max_streams)
+        zeros = np.zeros(self.chunk_samples, np.float32)
+        ids = range(-1, -size - 1, -1)
+        self.step([StepItem(stream_id=i, samples=zeros, is_first=True, is_last=False) for i in ids])
+        self.step([StepItem(stream_id=i, samples=zeros[:0], is_first=False, is_last=True) for i in ids])
 
     def release(self, stream_id: int) -> None:
         slot = self.store.slot_of.get(stream_id)

@@ -19,6 +19,7 @@ import numpy as np
 from pipecat_nvasr.protocol import Final
 
 from ..engine.adapter import StepItem
+from ..refusal import StartupRefusal
 from .vectorised import VectorisedRNNTAdapter
 
 EOU_PIECE = "<EOU>"
@@ -30,20 +31,22 @@ EOB, EOU = 1, 2  # marker codes of VectorisedRNNTAdapter._account
 
 class VectorisedEOUAdapter(VectorisedRNNTAdapter):
     eou_model = True
+    worker = "the parakeet-realtime worker"
 
     def __init__(self, model: str, chunk_ms: int = 160, max_streams: int = 256, device: str = "cpu",
                  dtype: str = "float32", endpoint_silence_ms: int = EOU_BACKSTOP_MS,
                  on_eou: Optional[Callable[[float], None]] = None, amp: bool = False, boosting: bool = True,
-                 max_utterance_s: Optional[float] = 30.0):
+                 max_utterance_s: Optional[float] = 30.0, cuda_graphs: bool = False):
         if chunk_ms not in EOU_CHUNK_MS:
-            raise ValueError(f"parakeet-realtime streams in chunks of {EOU_CHUNK_MS} ms, not {chunk_ms}")
+            raise StartupRefusal(f"parakeet-realtime streams in chunks of {EOU_CHUNK_MS} ms, not {chunk_ms}")
         super().__init__(model, chunk_ms, max_streams, device, dtype, endpoint_silence_ms, amp, boosting,
-                         max_utterance_s)
+                         max_utterance_s=max_utterance_s, cuda_graphs=cuda_graphs)
         self.on_eou = on_eou
         tokenizer = self.wrapper.tokenizer
         eou_id, eob_id = tokenizer.token_to_id(EOU_PIECE), tokenizer.token_to_id(EOB_PIECE)
         if eou_id is None or eou_id == tokenizer.token_to_id("<unk>") or eou_id == eob_id:
-            raise ValueError(f"{model} has no {EOU_PIECE}/{EOB_PIECE} tokens: not an EOU model")
+            raise StartupRefusal(f"the parakeet-realtime worker needs an end-of-utterance model; {model} "
+                                 f"({type(self.wrapper.asr_model).__name__}) has no {EOU_PIECE}/{EOB_PIECE} tokens")
         self._eou_id = eou_id
         self._marker_array = np.array(sorted([eou_id, eob_id]), dtype=np.int64)
 

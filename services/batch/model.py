@@ -85,7 +85,10 @@ class OfflineASRModel:
         from omegaconf import OmegaConf, open_dict
 
         if not hasattr(self.model, "decoding") or not hasattr(self.model.decoding, "rnnt_decoder_predictions_tensor"):
-            raise TypeError(f"{type(self.model).__name__} is not an RNNT/TDT model; the batch worker needs one")
+            from ..refusal import StartupRefusal
+
+            raise StartupRefusal(f"the parakeet batch worker needs an RNNT/TDT ASR model; {self.model_name} "
+                                 f"is a {type(self.model).__name__}")
         cfg = copy.deepcopy(self.model.cfg.decoding)
         with open_dict(cfg):
             cfg.strategy = "greedy_batch"
