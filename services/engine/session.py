@@ -6,7 +6,6 @@ list of float32 arrays so appends are O(1) and a chunk is cut without copying th
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import uuid
