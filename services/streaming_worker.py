@@ -44,6 +44,16 @@ class StreamingConfig:
     diar_fallback_model: Optional[str] = None  # multitalker only: as `fallback_model`, for the diarizer
     speaker_threshold: float = 0.5  # multitalker: diarizer probability that opens a speaker's utterance
     speaker_silence_ms: int = 640  # multitalker: a speaker quiet this long gets their final
+    # multitalker: `low|balanced|accurate` (adapters/diarizer_settings.WORKER_LATENCY: ASR chunk and the
+    # diarizer card preset); any diar_* given here overrides the preset's (80 ms frames)
+    latency: Optional[str] = None
+    diar_left_context: Optional[int] = None
+    diar_right_context: Optional[int] = None
+    diar_fifo: Optional[int] = None
+    diar_cache: Optional[int] = None
+    diar_update_period: Optional[int] = None
+    speaker_instances: str = "turn"  # multitalker: "turn" rows or NeMo's per-session "session" rows
+    speaker_targets: str = "nemo"  # multitalker: NeMo's targets (raw own probability) or "binary"
     device: str = "cpu"
     dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
     chunk_ms: Optional[int] = None
@@ -129,12 +139,20 @@ def _loadable(model_id: str, fallback: Optional[str], what: str) -> str:
 def _multitalker(cfg: StreamingConfig, model: str) -> StreamingAdapter:
     """Streaming Sortformer → multitalker ASR. The diarizer falls back on its own, so a
     local ASR with a hub diarizer (or the reverse) still gets the bundled half it lacks."""
+    from .adapters.diarizer_settings import WORKER_LATENCY, DiarizerSettings
     from .adapters.multitalker import MultitalkerAdapter
 
+    if cfg.latency is not None and cfg.latency not in WORKER_LATENCY:
+        raise ValueError(f"latency must be one of {sorted(WORKER_LATENCY)}, got {cfg.latency!r}")
+    settings = DiarizerSettings.resolve(cfg.latency, left_context=cfg.diar_left_context,
+                                        right_context=cfg.diar_right_context, fifo_len=cfg.diar_fifo,
+                                        spkcache_len=cfg.diar_cache, update_period=cfg.diar_update_period)
+    chunk_ms = cfg.chunk_ms or WORKER_LATENCY[cfg.latency or "low"][0]
     diar_model = _loadable(cfg.diar_model_id, cfg.diar_fallback_model, "diarizer")
-    return MultitalkerAdapter(model, diar_model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["multitalker"],
-                              max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
-                              speaker_threshold=cfg.speaker_threshold, speaker_silence_ms=cfg.speaker_silence_ms)
+    return MultitalkerAdapter(model, diar_model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
+                              dtype=_dtype(cfg), amp=cfg.amp, speaker_threshold=cfg.speaker_threshold,
+                              speaker_silence_ms=cfg.speaker_silence_ms, diar_settings=settings,
+                              instances=cfg.speaker_instances, targets=cfg.speaker_targets)
 
 
 ADAPTERS: dict[str, Callable[[StreamingConfig, str], StreamingAdapter]] = {

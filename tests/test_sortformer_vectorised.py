@@ -5,12 +5,12 @@ compression; and its cost per session counted (tensor ops, Python calls), not ti
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 from conftest import conversation, multitalker_models
+
+from benchmarks.opcount import count, per_added
 
 
 @pytest.fixture
@@ -180,38 +180,6 @@ def test_batched_rows_equal_alone(diarizers, float64):
 # ------------------------------------------------------------------ cost per session, counted
 
 
-class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-        self.syncs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.syncs += 1
-        return func(*args, **(kwargs or {}))
-
-
-def count_step(run) -> tuple[int, int, int]:
-    """(tensor ops, host syncs, Python calls) of one call of `run`."""
-    calls = 0
-
-    def profile(frame, event, arg):
-        nonlocal calls
-        if event in ("call", "c_call"):
-            calls += 1
-
-    counter = _OpCounter()
-    with counter:
-        sys.setprofile(profile)
-        try:
-            run()
-        finally:
-            sys.setprofile(None)
-    return counter.ops, counter.syncs, calls
-
-
 def steady_step(diarizer, n: int, impl_audio):
     """A closure stepping n sessions (every one past its first chunk, full look-ahead)."""
     slots = np.arange(n)
@@ -236,11 +204,8 @@ def test_cost_per_additional_session(diarizers):
             _, commit = diarizer.step(np.arange(8), [audio[: diarizer.window_samples]] * 8,
                                       np.full(8, diarizer.window_samples), np.zeros(8, bool))
             commit()
-        costs[impl] = {n: count_step(steady_step(diarizer, n, audio)) for n in (2, 8)}
-    ops2, syncs2, calls2 = costs["vectorised"][2]
-    ops8, syncs8, calls8 = costs["vectorised"][8]
-    assert (ops8 - ops2) / 6 <= 0.5, costs
-    assert (calls8 - calls2) / 6 <= 20, costs
-    assert syncs8 == syncs2, costs
-    nemo2, nemo8 = costs["nemo"][2], costs["nemo"][8]
-    assert (nemo8[0] - nemo2[0]) / 6 > 10, "NeMo's update should cost ops per row (the baseline moved?)"
+        costs[impl] = {n: count(steady_step(diarizer, n, audio)) for n in (2, 8)}
+    ours = per_added(costs["vectorised"][2], costs["vectorised"][8], 2, 8)
+    assert ours["ops"] <= 0.5 and ours["calls"] <= 20 and ours["syncs"] == 0, costs
+    nemo = per_added(costs["nemo"][2], costs["nemo"][8], 2, 8)
+    assert nemo["ops"] > 10, f"NeMo's update should cost ops per row (the baseline moved?) {costs}"
