@@ -145,7 +145,7 @@ class StreamingDiarizer:
         dev = self.device
         ints = self._ints_host[:, :n].to(dev, non_blocking=True)
         audio = self._audio_host[:n].to(dev, non_blocking=True)
-        idx, signal_len, feature_len, left = ints[0], ints[1], ints[2], ints[3]
+        idx, signal_len, feature_len, left, _ = ints.unbind(0)
         signal = torch.cat([self.audio_tail.index_select(0, idx), audio], dim=1)
         feats, _ = self.model.preprocessor(input_signal=signal, length=signal_len)
         width = self.chunk_features + self.right_features
