@@ -75,6 +75,69 @@ def latency_by_sessions(steps: list[tuple[int, float]]) -> dict:
     return {n: {"steps": len(v), "step_ms_p50": 1000 * float(np.median(v))} for n, v in sorted(buckets.items())}
 
 
+def _prime(adapter, audio: np.ndarray, ids: list[int], chunks: int):
+    """Step every session through the same first `chunks` chunks of `audio` (identical rows per session)."""
+    from services.engine.adapter import StepItem
+
+    n = adapter.chunk_samples
+    for c in range(chunks):
+        adapter.step([StepItem(i, audio[c * n : (c + 1) * n], is_first=c == 0, is_last=False) for i in ids])
+
+
+def step_counts(asr: str, diar: str, chunk_ms: int, device: str, ns=(4, 16), at_chunk: int = 12) -> dict:
+    """Tensor ops, host syncs and Python calls of one multitalker step (and of its diarizer call alone)
+    at N and N' sessions, NeMo's Sortformer update ("before") vs the vectorised one ("after"); every
+    session plays the same conversation, so each brings the same rows (both speakers talk at 1.9 s)."""
+    from opcount import count, per_added
+
+    from services.adapters.multitalker import MultitalkerAdapter
+    from services.engine.adapter import StepItem
+
+    audio = conversation_audio(8.0, 0)
+    out = {}
+    for impl, label in (("nemo", "before"), ("vectorised", "after")):
+        adapter = MultitalkerAdapter(asr, diar, chunk_ms=chunk_ms, max_streams=max(ns), device=device, diar_impl=impl)
+        n = adapter.chunk_samples
+        counted, base = {}, 0
+        for sessions in ns:
+            ids = list(range(base, base + sessions))
+            base += sessions
+            _prime(adapter, audio, ids, at_chunk)
+            rows_before = adapter.stats["rows"]
+            items = [StepItem(i, audio[at_chunk * n : (at_chunk + 1) * n], is_first=False, is_last=False) for i in ids]
+            whole = count(lambda: adapter.step(items))
+            whole["rows"] = adapter.stats["rows"] - rows_before
+            d = adapter.diar
+            slots = np.array([adapter.slot_of[i] for i in ids])
+            window = audio[(at_chunk + 1) * n : (at_chunk + 1) * n + d.window_samples]
+            diar_only = count(lambda: d.step(slots, [window] * sessions, np.full(sessions, len(window)),
+                                             np.zeros(sessions, bool)))  # not committed
+            counted[sessions] = {"step": whole, "diarizer": diar_only}
+            for i in ids:
+                adapter.release(i)
+        lo, hi = ns[0], ns[-1]
+        out[label] = {"diar_impl": impl, "counts": counted,
+                      "step_per_added_session": per_added(counted[lo]["step"], counted[hi]["step"], lo, hi),
+                      "diarizer_per_added_session": per_added(counted[lo]["diarizer"], counted[hi]["diarizer"], lo, hi)}
+        del adapter
+    return out
+
+
+def print_counts(counts: dict, ns=(4, 16)) -> None:
+    lo, hi = ns[0], ns[-1]
+    print(f"\nper added session-step (N = {lo} → {hi}, same conversation in every session; counts, not times):")
+    header = (f"{'':>7} {'part':>9} {'ops N=' + str(lo):>10} {'ops N=' + str(hi):>10} {'ops/session':>11} "
+              f"{'syncs/session':>13} {'py calls/session':>16} {'rows/session':>12}")
+    print(header)
+    for label, c in counts.items():
+        for part in ("step", "diarizer"):
+            a, b = c["counts"][lo][part], c["counts"][hi][part]
+            m = c[f"{part}_per_added_session"]
+            rows = f"{b['rows'] / hi:.1f}" if part == "step" else ""
+            print(f"{label:>7} {part:>9} {a['ops']:>10} {b['ops']:>10} {m['ops']:>11.1f} {m['syncs']:>13.1f} "
+                  f"{m['calls']:>16.1f} {rows:>12}")
+
+
 def bench(args) -> dict:
     """The table and the results dict (args: streaming.py's)."""
     import torch
@@ -111,6 +174,8 @@ def bench(args) -> dict:
               f"{single['rows_per_step']:>21.2f} {batched['step_ms_p50']:>11.1f} {batched['step_ms_p95']:>11.1f} "
               f"{batched['diarizer_ms_per_step']:>9.1f} / {batched['asr_ms_per_step']:<9.1f}", flush=True)
     results["step_latency_by_sessions"] = latency_by_sessions(batched_log)
+    results["op_counts"] = step_counts(asr, diar, adapter.chunk_ms, args.device)
+    print_counts(results["op_counts"])
     print("\nstep latency by sessions in the step (all batched runs): " + ", ".join(
         f"{n}: {v['step_ms_p50']:.1f} ms ({v['steps']} steps)" for n, v in results["step_latency_by_sessions"].items()))
     return results

@@ -77,7 +77,11 @@ def streaming_config(args):
         max_utterance_s=args.max_utterance_s if args.max_utterance_s > 0 else None,
         endpoint_silence_ms=getattr(args, "endpoint_silence_ms", None),
         cuda_graphs=args.cuda_graphs,
-        **({"speaker_threshold": args.speaker_threshold, "speaker_silence_ms": args.speaker_silence_ms}
+        **({"speaker_threshold": args.speaker_threshold, "speaker_silence_ms": args.speaker_silence_ms,
+            "latency": args.latency, "diar_left_context": args.diar_left_context,
+            "diar_right_context": args.diar_right_context, "diar_fifo": args.diar_fifo, "diar_cache": args.diar_cache,
+            "diar_update_period": args.diar_update_period, "speaker_instances": args.speaker_instances,
+            "speaker_targets": args.speaker_targets}
            if args.worker == "multitalker" else {}),
     )
 
@@ -253,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
                            help="diarizer probability at which a speaker's utterance opens")
             p.add_argument("--speaker-silence-ms", type=int, default=640,
                            help="a speaker quiet this long gets their final (a VAD finalize ends it sooner)")
+            p.add_argument("--latency", choices=["low", "balanced", "accurate"],
+                           help="ASR chunk + diarizer card preset: low 160 ms + 0.32 s card preset (default), "
+                           "balanced 560 ms + 1.04 s, accurate 1120 ms + 1.04 s (docs/multitalker.md)")
+            for flag, what in (("left-context", "left context"), ("right-context", "look-ahead (the ASR waits for it)"),
+                               ("fifo", "FIFO length"), ("cache", "speaker cache length"),
+                               ("update-period", "speaker cache update period")):
+                p.add_argument(f"--diar-{flag}", type=int, help=f"diarizer {what} in 80 ms frames (overrides --latency)")
+            p.add_argument("--speaker-instances", choices=["turn", "session"], default="turn",
+                           help="an ASR row per speaker turn (default) or per speaker for the session (NeMo's)")
+            p.add_argument("--speaker-targets", choices=["nemo", "binary"], default="nemo",
+                           help="speaker targets as NeMo feeds them (raw probability) or 0/1")
         else:
             p.add_argument("--endpoint-silence-ms", type=int,
                            help="blank run after an utterance's last word that ends it (default: 720; "

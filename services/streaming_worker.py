@@ -43,6 +43,16 @@ class StreamingConfig:
     diar_fallback_model: Optional[str] = None  # multitalker only: as `fallback_model`, for the diarizer
     speaker_threshold: float = 0.5  # multitalker: diarizer probability that opens a speaker's utterance
     speaker_silence_ms: int = 640  # multitalker: a speaker quiet this long gets their final
+    # multitalker: `low|balanced|accurate` (adapters/diarizer_settings.WORKER_LATENCY: ASR chunk and the
+    # diarizer card preset); any diar_* given here overrides the preset's (80 ms frames)
+    latency: Optional[str] = None
+    diar_left_context: Optional[int] = None
+    diar_right_context: Optional[int] = None
+    diar_fifo: Optional[int] = None
+    diar_cache: Optional[int] = None
+    diar_update_period: Optional[int] = None
+    speaker_instances: str = "turn"  # multitalker: "turn" rows or NeMo's per-session "session" rows
+    speaker_targets: str = "nemo"  # multitalker: NeMo's targets (raw own probability) or "binary"
     device: str = "cpu"  # auto, cpu, cuda or cuda:N; parsed once (devices.py) into "cpu" / "cuda:N"
     dtype: Optional[str] = None  # default: bfloat16 on CUDA, float32 on CPU
     chunk_ms: Optional[int] = None
@@ -109,15 +119,23 @@ def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:
 def _multitalker(cfg: StreamingConfig, model: str) -> StreamingAdapter:
     """Streaming Sortformer → multitalker ASR. The diarizer falls back on its own, so a
     local ASR with a hub diarizer (or the reverse) still gets the bundled half it lacks."""
+    from .adapters.diarizer_settings import WORKER_LATENCY, DiarizerSettings
     from .adapters.multitalker import MultitalkerAdapter
     from .refusal import StartupRefusal
 
     if cfg.cuda_graphs:  # its row decoder is not warmed at its largest row batch: graphs would capture mid-call
         raise StartupRefusal("--cuda-graphs is not supported by the multitalker worker yet (docs/gpu.md)")
+    if cfg.latency is not None and cfg.latency not in WORKER_LATENCY:
+        raise StartupRefusal(f"--latency must be one of {sorted(WORKER_LATENCY)}, not {cfg.latency!r}")
+    settings = DiarizerSettings.resolve(cfg.latency, left_context=cfg.diar_left_context,
+                                        right_context=cfg.diar_right_context, fifo_len=cfg.diar_fifo,
+                                        spkcache_len=cfg.diar_cache, update_period=cfg.diar_update_period)
+    chunk_ms = cfg.chunk_ms or WORKER_LATENCY[cfg.latency or "low"][0]
     diar = fetch_or_fallback(cfg.diar_model_id, cfg.diar_model_revision, cfg.diar_fallback_model, "diarizer")
-    adapter = MultitalkerAdapter(model, diar.path, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["multitalker"],
-                                 max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
-                                 speaker_threshold=cfg.speaker_threshold, speaker_silence_ms=cfg.speaker_silence_ms)
+    adapter = MultitalkerAdapter(model, diar.path, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
+                                 dtype=_dtype(cfg), amp=cfg.amp, speaker_threshold=cfg.speaker_threshold,
+                                 speaker_silence_ms=cfg.speaker_silence_ms, diar_settings=settings,
+                                 instances=cfg.speaker_instances, targets=cfg.speaker_targets)
     adapter.diar_model = diar.label
     return adapter
 

@@ -1,20 +1,21 @@
-"""Streaming Sortformer diarization for many sessions: one state slot per session, batched steps.
+"""Streaming Sortformer diarization for many sessions: one state row per session, one batched call.
 
-`SortformerEncLabelModel.forward_streaming_step` with `async_streaming` keeps every session's
-speaker cache and FIFO in its own batch row, so sessions at different stages share one call.
-This module keeps those rows (and each session's feature context) in preallocated tensors and
-gathers / scatters them per step, as `slots.py` does for the ASR.
+Every session's speaker cache, FIFO, silence profile, feature left context and audio tail live
+in preallocated tensors on the model's device; a step gathers the stepping sessions' rows, runs
+`sortformer_step.model_step` (NeMo's `forward_streaming_step` + `streaming_update_async` as
+batched tensor ops: a fixed number of ops whatever the number of sessions) and returns the new
+rows in a `commit`, so a failed step leaves every session as it was.
 
-Per chunk a session gives the diarizer the chunk's log-mel frames plus `chunk_left_context`
-encoder frames of the previous chunk's features (no right context: no look-ahead latency). A
-session's first chunk has no left context, and the offset is one value per call, so first
-chunks run as their own group (padding a first chunk with fake context changes everything
-after it). Features are computed incrementally like the ASR front end (`features.py`): the
-chunk plus one hop of the previous audio, through the model's own preprocessor made
-deterministic. Audio is not normalised (the streaming path never is).
+Per session and step the caller gives one chunk of audio followed by up to `right_context`
+frames of the audio after it (the look-ahead; the caller holds the chunk back until it has
+them, or gives fewer at the end of a stream or utterance). Features are computed like the ASR
+front end: the window plus one hop of the previous audio, through the model's own
+preprocessor made deterministic; audio is never normalised (the streaming path never is). A
+session's first chunk has no left context; it shares the call (the offset is per row).
 
-`step` does not write state back: it returns the speaker probabilities and a `commit` to call
-once the whole multitalker step succeeded, so a failed step leaves every session as it was.
+The step's inputs go up from pinned host buffers (non-blocking on CUDA); the only download is
+the speaker probabilities the host needs to decide who speaks. `impl="nemo"` runs NeMo's own
+`forward_streaming_step` instead, grouped by offsets (the reference, and the benchmark's baseline).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from .diarizer_settings import DiarizerSettings
 
 STATE_FIELDS = ("spkcache", "spkcache_lengths", "spkcache_preds", "fifo", "fifo_lengths", "fifo_preds",
                 "mean_sil_emb", "n_sil_frames")
@@ -44,7 +47,10 @@ def load_sortformer(name: str, device: torch.device):
 
 class StreamingDiarizer:
     def __init__(self, model: str, max_sessions: int, chunk_samples: int, device: torch.device,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", settings: DiarizerSettings = DiarizerSettings(), impl: str = "vectorised"):
+        if impl not in ("vectorised", "nemo"):
+            raise ValueError(f"diarizer impl must be 'vectorised' or 'nemo', got {impl!r}")
+        self.impl = impl
         self.model = m = load_sortformer(model, device)
         self.model_name = model
         self.device = device
@@ -67,17 +73,33 @@ class StreamingDiarizer:
         self.frames_per_chunk = chunk_samples // self.frame_samples
         modules = m.sortformer_modules
         self.n_speakers = int(modules.n_spk)
+        settings.check(self.frames_per_chunk, self.n_speakers, int(modules.spkcache_sil_frames_per_spk))
+        self.settings = settings
+        # the settings on the model itself, so NeMo's own path (impl="nemo") runs with them too
         modules.chunk_len = self.frames_per_chunk
-        modules.chunk_right_context = 0
-        self.left_features = int(modules.chunk_left_context) * self.subsampling
-        n_feat = int(featurizer.nfilt)
+        modules.chunk_left_context = settings.left_context
+        modules.chunk_right_context = settings.right_context
+        modules.fifo_len = settings.fifo_len
+        modules.spkcache_len = settings.spkcache_len
+        modules.spkcache_update_period = settings.update_period
+        self.right_frames = settings.right_context
+        self.right_samples = settings.right_context * self.frame_samples
+        self.window_samples = chunk_samples + self.right_samples
+        self.left_features = settings.left_context * self.subsampling
+        self.right_features = settings.right_context * self.subsampling
+        n_mels = int(featurizer.nfilt)
         with torch.inference_mode():
             state = modules.init_streaming_state(max_sessions, async_streaming=True, device=device)
             state.fifo_preds = torch.zeros((max_sessions, modules.fifo_len, self.n_speakers), device=device)
             self.state = {k: self._cast(getattr(state, k)) for k in STATE_FIELDS}
             self.audio_tail = torch.zeros(max_sessions, self.hop, dtype=torch.float32, device=device)
-            self.features = torch.zeros(max_sessions, n_feat, self.left_features + self.chunk_features,
-                                        dtype=self.dtype, device=device)
+            self.left = torch.zeros(max_sessions, self.left_features, n_mels, dtype=self.dtype, device=device)
+        pin = device.type == "cuda"
+        # one upload per step: the window audio, and the per-row integers
+        self._audio_host = torch.zeros(max_sessions, self.window_samples, dtype=torch.float32, pin_memory=pin)
+        self._ints_host = torch.zeros(5, max_sessions, dtype=torch.int64, pin_memory=pin)
+        self._audio = self._audio_host.numpy()
+        self._ints = self._ints_host.numpy()
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
@@ -88,55 +110,96 @@ class StreamingDiarizer:
             return
         idx = torch.tensor(slots, device=self.device)
         with torch.inference_mode():
-            for tensor in (*self.state.values(), self.audio_tail, self.features):
+            for tensor in (*self.state.values(), self.audio_tail, self.left):
                 tensor.index_fill_(0, idx, 0)
 
-    def step(self, slots: np.ndarray, audio: torch.Tensor, valid: np.ndarray,
+    def step(self, slots: np.ndarray, audio: list, valid: np.ndarray,
              first: np.ndarray) -> tuple[np.ndarray, Callable[[], None]]:
-        """Speaker probabilities [n, frames_per_chunk, n_speakers] of one chunk per session
-        (`audio` [n, chunk] zero-padded past `valid` samples; `first`: the session's first chunk),
-        and the `commit` that stores the sessions' new states."""
-        from nemo.collections.asr.modules.sortformer_modules import StreamingSortformerState
+        """Speaker probabilities [n, frames_per_chunk, n_speakers] of one chunk per session, and
+        the `commit` that stores the sessions' new states.
 
+        `audio[i]`: session i's chunk followed by its look-ahead (at most `window_samples`;
+        `valid[i]` of them); a window shorter than a chunk is a stream's short last chunk.
+        `first`: the session's first chunk."""
         n = len(slots)
-        idx = torch.from_numpy(slots).to(self.device)
+        chunk_valid = np.minimum(valid, self.chunk_samples)
+        right = np.where(valid >= self.chunk_samples,
+                         np.minimum((valid - self.chunk_samples) // self.frame_samples, self.right_frames), 0)
+        ints = self._ints
+        ints[0, :n] = slots
+        ints[1, :n] = self.hop + valid  # signal samples
+        ints[2, :n] = self.chunk_features + right * self.subsampling + np.where(first, 0, self.left_features)
+        ints[3, :n] = np.where(first, 0, self.settings.left_context)  # left frames, per row
+        ints[4, :n] = right
+        window = self._audio
+        for i in range(n):
+            k = int(valid[i])
+            window[i, :k] = audio[i][:k]
+            window[i, k:] = 0.0
         with torch.inference_mode():
-            audio = audio.float()  # the preprocessor computes in float32 whatever the model's dtype
-            signal = torch.cat([self.audio_tail.index_select(0, idx), audio], dim=1)
-            length = torch.from_numpy(signal.shape[1] - (self.chunk_samples - valid)).to(self.device)
-            feats, _ = self.model.preprocessor(input_signal=signal, length=length)
-            feats = feats[:, :, : self.chunk_features + 1][:, :, -self.chunk_features:].to(self.dtype)
-            old = self.features.index_select(0, idx)
-            buffers = torch.cat([old[:, :, self.chunk_features:], feats], dim=2)
-            probs = torch.zeros(n, self.frames_per_chunk, self.n_speakers, dtype=self.dtype, device=self.device)
-            new_state = {k: t.index_select(0, idx) for k, t in self.state.items()}
-            groups = [(np.flatnonzero(first), 0), (np.flatnonzero(~first), self.left_features)]
-            for rows, left in groups:
-                if not len(rows):
-                    continue
-                rows_t = torch.from_numpy(rows).to(self.device)
-                x = buffers.index_select(0, rows_t)[:, :, buffers.shape[2] - left - self.chunk_features:]
-                state = StreamingSortformerState()
-                for k, t in new_state.items():
-                    setattr(state, k, t.index_select(0, rows_t))
-                lengths = torch.full((len(rows),), x.shape[2], dtype=torch.long, device=self.device)
-                empty = torch.zeros((len(rows), 0, self.n_speakers), dtype=self.dtype, device=self.device)
-                state, preds = self.model.forward_streaming_step(
-                    x.transpose(1, 2), lengths, state, empty, left_offset=left, right_offset=0
-                )
-                probs.index_copy_(0, rows_t, preds[:, : self.frames_per_chunk].to(self.dtype))
-                for k, t in new_state.items():
-                    t.index_copy_(0, rows_t, self._cast(getattr(state, k)))
-        host = probs.float().cpu().numpy()
+            probs, commit = self.device_step(n, first, right)
+            host = probs.float().cpu().numpy()  # the step's one download: who speaks
         # frames past a short last chunk's audio are padding: no activity there
-        valid_frames = -(-valid // self.frame_samples)
+        valid_frames = -(-chunk_valid // self.frame_samples)
         host[np.arange(self.frames_per_chunk)[None, :] >= valid_frames[:, None]] = 0.0
+        return host, commit
+
+    def device_step(self, n: int, first: np.ndarray, right: np.ndarray):
+        """The step on the device from the filled host buffers: (probs on the device, commit)."""
+        dev = self.device
+        ints = self._ints_host[:, :n].to(dev, non_blocking=True)
+        audio = self._audio_host[:n].to(dev, non_blocking=True)
+        idx, signal_len, feature_len, left, _ = ints.unbind(0)
+        signal = torch.cat([self.audio_tail.index_select(0, idx), audio], dim=1)
+        feats, _ = self.model.preprocessor(input_signal=signal, length=signal_len)
+        width = self.chunk_features + self.right_features
+        feats = feats[:, :, 1 : 1 + width].transpose(1, 2).to(self.dtype)  # [n, time, mels]
+        old_left = self.left.index_select(0, idx)
+        x = torch.cat([old_left, feats], dim=1)
+        # a first chunk has no left context: its features start at frame 0 (the rest is masked)
+        t = torch.arange(x.shape[1], device=dev).unsqueeze(0)
+        shift = torch.where(left > 0, 0, self.left_features).unsqueeze(1)
+        x = torch.gather(x, 1, (t + shift).clamp(max=x.shape[1] - 1).unsqueeze(2).expand(-1, -1, x.shape[2]))
+        rows = {k: v.index_select(0, idx) for k, v in self.state.items()}
+        if self.impl == "vectorised":
+            from .sortformer_step import model_step
+
+            new_state, probs = model_step(self.model, x, feature_len, left, rows, self.frames_per_chunk)
+        else:
+            new_state, probs = self._nemo_step(x, first, right, rows)
+        tail = audio[:, self.chunk_samples - self.hop : self.chunk_samples]
+        history = torch.cat([old_left, feats[:, : self.chunk_features]], dim=1)
+        new_left = history[:, history.shape[1] - self.left_features:]
 
         def commit() -> None:
             with torch.inference_mode():
-                self.features.index_copy_(0, idx, buffers)
-                self.audio_tail.index_copy_(0, idx, audio[:, -self.hop:])
+                self.left.index_copy_(0, idx, new_left)
+                self.audio_tail.index_copy_(0, idx, tail)
                 for k, t in new_state.items():
-                    self.state[k].index_copy_(0, idx, t)
+                    self.state[k].index_copy_(0, idx, self._cast(t))
 
-        return host, commit
+        return probs, commit
+
+    def _nemo_step(self, x, first: np.ndarray, right: np.ndarray, rows: dict):
+        """NeMo's `forward_streaming_step`, one call per (first chunk, right context) group."""
+        from nemo.collections.asr.modules.sortformer_modules import StreamingSortformerState
+
+        n = x.shape[0]
+        probs = torch.zeros(n, self.frames_per_chunk, self.n_speakers, dtype=self.dtype, device=self.device)
+        new_state = {k: t.clone() for k, t in rows.items()}
+        for is_first, rc in sorted({(bool(f), int(r)) for f, r in zip(first, right)}):
+            group = np.flatnonzero((first == is_first) & (right == rc))
+            g = torch.from_numpy(group).to(self.device)
+            left = 0 if is_first else self.left_features
+            width = left + self.chunk_features + rc * self.subsampling
+            state = StreamingSortformerState()
+            for k, t in rows.items():
+                setattr(state, k, t.index_select(0, g))
+            lengths = torch.full((len(group),), width, dtype=torch.long, device=self.device)
+            empty = torch.zeros((len(group), 0, self.n_speakers), dtype=self.dtype, device=self.device)
+            state, preds = self.model.forward_streaming_step(x.index_select(0, g)[:, :width], lengths, state, empty,
+                                                             left_offset=left, right_offset=rc * self.subsampling)
+            probs.index_copy_(0, g, preds.to(self.dtype))
+            for k, t in new_state.items():
+                t.index_copy_(0, g, self._cast(getattr(state, k)))
+        return new_state, probs

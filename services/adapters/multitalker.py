@@ -1,37 +1,39 @@
 """Multitalker streaming: a streaming Sortformer says who speaks, a multitalker ASR row per speaker.
 
 One engine stream is one session (a mixed conversation). Per step:
-1. ONE batched diarizer call over every session that brought audio (`diarizer.py`; sessions on
-   their first chunk are a second group): speaker probabilities for the chunk's 80 ms frames.
-2. Speaker rows: a (session, speaker) row OPENS when that speaker's probability reaches
-   `speaker_threshold` in the chunk, as a fresh cache-aware ASR stream that starts
-   `preroll_chunks` chunks EARLIER (the diarizer, with no look-ahead, sees an onset 80-160 ms
-   late: the session's last chunks are kept for this pre-roll); it CLOSES, emitting its final, once the speaker
-   has been quiet for `speaker_silence_ms`. A session has at most as many rows as the diarizer
-   has speaker outputs (4).
-3. ONE batched ASR call over every open row (`_RowASR`: the vectorised cache-aware RNNT step,
-   `vectorised.py`), each row fed its session's chunk and, right before the encoder, its
-   speaker targets: this speaker's activity and any other speaker's ("background"), 0/1 per
-   encoder frame (probability >= `target_threshold`, lower than the opening threshold so an
-   onset's first frames count), set with the model's `set_speaker_targets` (NeMo's
-   speaker-kernel models). Rows opening this step first run their pre-roll chunks, one small
-   group per chunk, before the main call.
+1. ONE batched diarizer call over every session with a chunk ready (`diarizer.py`, the vectorised
+   Sortformer step): speaker probabilities for the chunk's 80 ms frames. With look-ahead
+   (`DiarizerSettings.right_context` frames) a chunk is diarized, and transcribed, only once the
+   chunks after it have arrived: the session holds back ceil(right_context / chunk) chunks; a
+   finalize or the stream's end drains them (one sub-step per held chunk).
+2. Speaker rows, one cache-aware ASR stream per (session, speaker), in one of two `instances`
+   semantics (measured against each other in tests/assets/tiny_multitalker.md):
+   - "turn": a row OPENS when the speaker's probability reaches `speaker_threshold`, starting
+     `preroll_chunks` chunks earlier (the diarizer sees an onset late), and CLOSES with its final
+     once the speaker has been quiet for `speaker_silence_ms`;
+   - "session" (NeMo's `MultiTalkerInstanceManager`): a row opens at the speaker's first speech and
+     keeps its encoder cache for the whole session; it is stepped only while the speaker spoke in
+     the last `gate_chunks` chunks (NeMo's cache gating), its utterance ends (a final; decoder
+     and cache carry on) after `speaker_silence_ms` of quiet, and a row that wakes up is first fed
+     the `preroll_chunks` chunks it skipped.
+3. ONE batched ASR call over the rows that step (`_RowASR`: the vectorised cache-aware RNNT step),
+   each row fed its session's chunk and, right before the encoder, its speaker targets per encoder
+   frame, as NeMo's `SpeakerTaggedASR` feeds them (`targets="nemo"`): this speaker's probability
+   (raw) and "background" = any other speaker's probability > 0.5 (0/1). `targets="binary"`
+   thresholds both at `target_threshold` (the convention tiny_multitalker was trained with).
 
-Events carry `speaker` ("spk0".."spk3": the diarizer's arrival-ordered output column, stable
-for the session). A client finalize ends every open row's utterance (the rows and their
-caches carry on); close (or the stream's last chunk) closes them all. The ASR's own blank-run
-endpoint is off: a row's turn ends with the speaker's silence.
+Events carry `speaker` ("spk0".."spk3": the diarizer's arrival-ordered output column, stable for
+the session). A client finalize ends every stepping row's utterance; close ends them all.
 
-An ASR model without speaker kernels (e.g. a plain cache-aware RNNT) still runs — each row then
-transcribes everything it hears, which only makes sense for tests of the plumbing.
-
-A failed step changes nothing: the diarizer's new states are committed, rows opened and
-host bookkeeping updated only after the ASR step returned (rows opened for it are released).
+A failed step changes nothing (diarizer states, rows and host bookkeeping are written only after
+every model call of the step returned), except in a drain with several sub-steps, where the
+sub-steps before the failing one stay applied.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import replace
 from typing import Optional
@@ -41,6 +43,7 @@ import numpy as np
 from pipecat_nvasr.protocol import BoostPhrase
 
 from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
+from .diarizer_settings import DiarizerSettings
 from .vectorised import VectorisedRNNTAdapter
 
 
@@ -53,20 +56,20 @@ class _RowASR(VectorisedRNNTAdapter):
         super().__init__(*args, **kwargs)
         self.conditioned = hasattr(self.wrapper.asr_model, "set_speaker_targets")
         self.targets: Optional[tuple[np.ndarray, np.ndarray]] = None  # (spk, bg) [items, frames]
+        pin = self.device.type == "cuda"
+        self._targets_host = self._torch.zeros(2, self.max_streams, self.frames_per_chunk, pin_memory=pin)
 
     def _condition(self, items: np.ndarray) -> None:
         if not self.conditioned:
             return
-        torch = self._torch
+        n, host = len(items), self._targets_host
         if self.targets is None:  # warm-up: the one speaker, nobody else
-            spk = np.ones((len(items), self.frames_per_chunk), np.float32)
-            bg = np.zeros_like(spk)
+            host[0, :n], host[1, :n] = 1.0, 0.0
         else:
-            spk, bg = self.targets[0][items], self.targets[1][items]
-        dtype = self.wrapper.cast_dtype
-        self.wrapper.asr_model.set_speaker_targets(
-            torch.from_numpy(spk).to(self.device, dtype), torch.from_numpy(bg).to(self.device, dtype)
-        )
+            host[0, :n] = self._torch.from_numpy(self.targets[0][items])
+            host[1, :n] = self._torch.from_numpy(self.targets[1][items])
+        up = host[:, :n].to(self.device, dtype=self.wrapper.cast_dtype, non_blocking=True)
+        self.wrapper.asr_model.set_speaker_targets(up[0], up[1])
 
 
 class MultitalkerAdapter(StreamingAdapter):
@@ -75,9 +78,14 @@ class MultitalkerAdapter(StreamingAdapter):
     def __init__(self, model: str, diar_model: str, chunk_ms: int = 160, max_streams: int = 64,
                  device: str = "cpu", dtype: str = "float32", amp: bool = False, speaker_threshold: float = 0.5,
                  speaker_silence_ms: int = 640, target_threshold: float = 0.3, preroll_chunks: int = 1,
-                 max_rows: Optional[int] = None):
+                 max_rows: Optional[int] = None, diar_settings: Optional[DiarizerSettings] = None,
+                 instances: str = "turn", targets: str = "nemo", gate_chunks: int = 2, diar_impl: str = "vectorised"):
         from .diarizer import StreamingDiarizer
 
+        if instances not in ("turn", "session"):
+            raise ValueError(f"instances must be 'turn' or 'session', got {instances!r}")
+        if targets not in ("nemo", "binary"):
+            raise ValueError(f"targets must be 'nemo' or 'binary', got {targets!r}")
         self.asr = _RowASR(model, chunk_ms=chunk_ms, max_streams=max_rows or 4 * max_streams, device=device,
                            dtype=dtype, endpoint_silence_ms=0, amp=amp)
         self._torch = self.asr._torch
@@ -86,7 +94,9 @@ class MultitalkerAdapter(StreamingAdapter):
         self.sample_rate = self.asr.sample_rate
         self.chunk_samples = self.asr.chunk_samples
         self.max_streams = max_streams
-        self.diar = StreamingDiarizer(diar_model, max_streams, self.chunk_samples, self.asr.device, dtype)
+        self.diar_settings = diar_settings or DiarizerSettings.from_card("0.32s")
+        self.diar = StreamingDiarizer(diar_model, max_streams, self.chunk_samples, self.asr.device, dtype,
+                                      self.diar_settings, impl=diar_impl)
         if self.diar.frames_per_chunk != self.asr.frames_per_chunk:
             raise ValueError(
                 f"the diarizer gives {self.diar.frames_per_chunk} frames per chunk, the ASR encoder "
@@ -94,33 +104,47 @@ class MultitalkerAdapter(StreamingAdapter):
             )
         if self.diar.sample_rate != self.sample_rate:
             raise ValueError("the diarizer and the ASR model expect different sample rates")
+        self.instances, self.target_mode, self.gate_chunks = instances, targets, gate_chunks
         self.speaker_threshold = speaker_threshold
         self.target_threshold = min(target_threshold, speaker_threshold)
         self.frames = self.diar.frames_per_chunk
         self.frame_ms = 1000 * self.diar.frame_samples / self.sample_rate
         self.silence_frames = max(1, int(round(speaker_silence_ms / self.frame_ms)))
+        self.hold = math.ceil(self.diar_settings.right_context / self.frames)  # chunks of look-ahead
         n_spk = self.diar.n_speakers
         self.speakers = [f"spk{k}" for k in range(n_spk)]
-        # per session slot (host): its rows, the speakers' quiet frames, where each row began
+        # per session slot (host): its rows, the speakers' quiet frames, each row's time offset
         self.slot_of: dict[int, int] = {}
         self._free = list(range(max_streams - 1, -1, -1))
         self.row_id = np.full((max_streams, n_spk), -1, np.int64)
         self.quiet = np.zeros((max_streams, n_spk), np.int64)
-        self.row_start = np.zeros((max_streams, n_spk), np.int64)  # session sample where the row began
-        self.samples = np.zeros(max_streams, np.int64)  # samples the session's stream has been given
+        self.since_spoke = np.zeros((max_streams, n_spk), np.int64)  # chunks since the speaker spoke
+        self.talking = np.zeros((max_streams, n_spk), bool)  # session rows: an utterance is open
+        self.row_start = np.zeros((max_streams, n_spk), np.int64)  # session sample of the row's sample 0
+        self.row_fed = np.zeros((max_streams, n_spk), np.int64)  # samples the row has been fed
+        self.samples = np.zeros(max_streams, np.int64)  # session samples diarized and transcribed
+        self.diarized = np.zeros(max_streams, np.int64)  # chunks diarized
         self.boost: dict[int, list[BoostPhrase]] = {}
         self._row_ids = itertools.count(1)
-        self._audio = np.zeros((max_streams, self.chunk_samples), np.float32)
-        # each session's last chunks (oldest first) and their target activity: a new row's pre-roll
+        # chunks held back for the diarizer's look-ahead
+        self.held = np.zeros((max_streams, max(1, self.hold), self.chunk_samples), np.float32)
+        self.held_len = np.zeros((max_streams, max(1, self.hold)), np.int64)
+        self.held_n = np.zeros(max_streams, np.int64)
+        # each session's last chunks (oldest first) and their speaker probabilities: a row's pre-roll
         self.preroll = preroll_chunks
-        self.past_audio = np.zeros((max_streams, preroll_chunks, self.chunk_samples), np.float32)
-        self.past_active = np.zeros((max_streams, preroll_chunks, self.frames, n_spk), bool)
+        self.past_audio = np.zeros((max_streams, max(1, preroll_chunks), self.chunk_samples), np.float32)
+        self.past_probs = np.zeros((max_streams, max(1, preroll_chunks), self.frames, n_spk), np.float32)
         self.past_count = np.zeros(max_streams, np.int64)  # chunks kept (up to preroll_chunks)
         self.stats = {"steps": 0, "sessions": 0, "rows": 0, "diarizer_seconds": 0.0, "asr_seconds": 0.0}
 
     @property
     def languages(self) -> tuple[str, ...]:
         return self.asr.languages
+
+    @property
+    def latency_ms(self) -> int:
+        """Audio a word waits for before the ASR hears it: the chunk plus the held look-ahead."""
+        return round(1000 * (1 + self.hold) * self.chunk_samples / self.sample_rate)
 
     # ------------------------------------------------------------------ engine contract
 
@@ -152,68 +176,140 @@ class MultitalkerAdapter(StreamingAdapter):
             raise
 
     def _step(self, items: list[StepItem], slots: np.ndarray, opened: list) -> list[StepOutput]:
-        torch, n_spk, frames = self._torch, self.diar.n_speakers, self.frames
-        count = len(items)
         if opened:
             new_slots = [slot for _, slot in opened]
             self.diar.reset(new_slots)
+            for array in (self.quiet, self.since_spoke, self.talking, self.row_fed):
+                array[new_slots] = 0
             self.row_id[new_slots] = -1
-            self.quiet[new_slots] = 0
             self.samples[new_slots] = 0
+            self.diarized[new_slots] = 0
             self.past_count[new_slots] = 0
-        # 1. diarize every item that brought audio
+            self.held_n[new_slots] = 0
+        # what each session transcribes now: its held chunks, then the new one, all but `hold` of
+        # them (all of them on a finalize or the stream's end)
+        pending, due = [], np.empty(len(items), np.int64)
+        for i, item in enumerate(items):
+            slot = slots[i]
+            chunks = [self.held[slot, j, : self.held_len[slot, j]] for j in range(self.held_n[slot])]
+            if len(item.samples):
+                chunks.append(item.samples)
+            pending.append(chunks)
+            drain = item.is_last or item.end_utterance
+            due[i] = len(chunks) if drain else max(0, len(chunks) - self.hold)
+        outputs = [StepOutput() for _ in items]
+        rounds = max(1, int(due.max(initial=0)))
+        for r in range(rounds):
+            # sub-step r: each session's r-th due chunk; sessions that end or finalize join their last
+            # round (with no audio when nothing is due)
+            take = np.flatnonzero(due > r)
+            ends = [i for i, item in enumerate(items) if (item.is_last or item.end_utterance)
+                    and max(1, due[i]) - 1 == r]
+            members = sorted(set(take.tolist()) | set(ends))
+            if not members:
+                continue
+            sub_items, windows = [], []
+            for i in members:
+                item, last_round = items[i], max(1, due[i]) - 1 == r
+                samples = pending[i][r] if due[i] > r else item.samples[:0]
+                sub_items.append(StepItem(item.stream_id, samples, is_first=bool(self.diarized[slots[i]] == 0),
+                                          is_last=item.is_last and last_round,
+                                          end_utterance=item.end_utterance and last_round))
+                windows.append(np.concatenate(pending[i][r : r + 1 + self.hold]) if due[i] > r else None)
+            sub_out = self._substep(sub_items, windows, slots[members])
+            for i, out in zip(members, sub_out):
+                outputs[i].finals.extend(out.finals)
+                outputs[i].partials = out.partials  # cumulative: the latest sub-step's
+        # the look-ahead kept for the next step
+        for i, item in enumerate(items):
+            slot = slots[i]
+            rest = pending[i][due[i]:]
+            self.held_n[slot] = len(rest)
+            for j, chunk in enumerate(rest):
+                self.held[slot, j, : len(chunk)] = chunk
+                self.held_len[slot, j] = len(chunk)
+        for output in outputs:
+            output.finals.sort(key=lambda f: (f.start, f.end))
+        for stream_id, slot in opened:
+            self.slot_of[stream_id] = slot
+        for i, item in enumerate(items):
+            if item.is_last:
+                self._forget(item.stream_id, int(slots[i]))
+        self.stats["steps"] += 1
+        self.stats["sessions"] += len(items)
+        return outputs
+
+    def _substep(self, items: list[StepItem], windows: list, slots: np.ndarray) -> list[StepOutput]:
+        """One diarizer call and one ASR call (after the pre-roll groups) for one chunk per item."""
+        n_spk, frames, count = self.diar.n_speakers, self.frames, len(items)
         lengths = np.array([len(item.samples) for item in items], np.int64)
         heard = np.flatnonzero(lengths > 0)
-        active = np.zeros((count, frames, n_spk), bool)  # speaking, at the opening threshold
-        target = np.zeros((count, frames, n_spk), bool)  # speaking, at the targets' threshold
+        probs = np.zeros((count, frames, n_spk), np.float32)
         commit = None
         t0 = time.perf_counter()
         if len(heard):
-            audio = self._audio[: len(heard)]
-            for j, i in enumerate(heard.tolist()):
-                audio[j, : lengths[i]] = items[i].samples
-                audio[j, lengths[i]:] = 0.0
+            valid = np.array([min(len(windows[i]), self.diar.window_samples) for i in heard.tolist()], np.int64)
             first = np.array([items[i].is_first for i in heard.tolist()], bool)
-            # `audio` views self._audio, rewritten only by the next step: after this step's commit
-            probs, commit = self.diar.step(slots[heard], torch.from_numpy(audio), lengths[heard], first)
-            active[heard] = probs >= self.speaker_threshold
-            target[heard] = probs >= self.target_threshold
+            probs[heard], commit = self.diar.step(slots[heard], [windows[i] for i in heard.tolist()], valid, first)
         t1 = time.perf_counter()
-        # 2. which rows open, step and close
+        active = probs >= self.speaker_threshold
         rows_now = self.row_id[slots].copy()  # [count, n_spk]
         spoke = active.any(axis=1)  # [count, n_spk]
-        last_active = frames - 1 - np.argmax(active[:, ::-1, :], axis=1)  # where spoke
+        last_active = frames - 1 - np.argmax(active[:, ::-1, :], axis=1)
         quiet = np.where(spoke, frames - 1 - last_active, self.quiet[slots] + frames)
-        quiet[lengths == 0] = self.quiet[slots][lengths == 0]
-        opening = spoke & (rows_now < 0)
+        since = np.where(spoke, 0, self.since_spoke[slots] + 1)
+        silent_item = lengths == 0
+        quiet[silent_item] = self.quiet[slots][silent_item]
+        since[silent_item] = self.since_spoke[slots][silent_item]
         is_last = np.array([item.is_last for item in items], bool)
+        finalize = np.array([item.end_utterance for item in items], bool)
+        opening = spoke & (rows_now < 0)
         open_after = (rows_now >= 0) | opening
-        closing = open_after & ((quiet >= self.silence_frames) | is_last[:, None])
+        if self.instances == "turn":
+            stepping = open_after
+            closing = open_after & ((quiet >= self.silence_frames) | is_last[:, None])
+            ending = finalize[:, None] & stepping
+            waking = np.zeros_like(opening)
+            talking = np.zeros_like(opening)
+        else:
+            was_talking = self.talking[slots]
+            ending = open_after & (((was_talking | spoke) & (quiet >= self.silence_frames)) | finalize[:, None])
+            closing = open_after & is_last[:, None]
+            gated = open_after & (since < self.gate_chunks) & ~silent_item[:, None]
+            stepping = gated | ending | closing
+            waking = gated & ~opening & (self.since_spoke[slots] >= self.gate_chunks)  # skipped chunks before
+            talking = (was_talking | spoke) & ~ending
         new_ids = np.where(opening, 0, rows_now)
         for i, k in zip(*np.nonzero(opening)):
             new_ids[i, k] = next(self._row_ids)
-        # 3. pre-roll for rows opening mid-session, then one ASR step over every open row
-        kept = np.minimum(self.past_count[slots], self.preroll)  # chunks of pre-roll each item can give
-        preroll = np.where(opening, kept[:, None], 0)  # [count, n_spk]
+        # pre-roll: rows opening (or waking) are first fed the session's last chunks
+        kept = np.minimum(self.past_count[slots], self.preroll)
+        if self.instances == "session":  # a waking row skipped only the chunks since the gate closed
+            skipped = np.maximum(self.since_spoke[slots] - self.gate_chunks + 1, 0)
+            preroll = np.where(opening, kept[:, None], np.where(waking, np.minimum(kept[:, None], skipped), 0))
+        else:
+            preroll = np.where(opening, kept[:, None], 0)
         pre_groups = []  # one ASR call per pre-roll position, oldest first
         for back in range(int(preroll.max(initial=0)), 0, -1):
             group = []
             for i, k in zip(*np.nonzero(preroll >= back)):
-                slot, first = int(slots[i]), bool(preroll[i, k] == back)
+                slot, first = int(slots[i]), bool(opening[i, k] and preroll[i, k] == back)
                 group.append((StepItem(stream_id=int(new_ids[i, k]), samples=self.past_audio[slot, -back].copy(),
                                        is_first=first, is_last=False, boost=self.boost.get(slot) if first else None),
-                              self._targets(self.past_active[slot, -back], k)))
+                              self._targets(self.past_probs[slot, -back], k)))
             pre_groups.append(group)
         row_items, owners, row_targets = [], [], []  # owners: (item index, speaker) per row item
-        for i, k in zip(*np.nonzero(open_after)):
+        for i, k in zip(*np.nonzero(stepping)):
             item = items[i]
             first = bool(opening[i, k] and not preroll[i, k])
+            heard_by_row = self.instances == "turn" or since[i, k] < self.gate_chunks
+            fed = item.samples if heard_by_row else item.samples[:0]  # a row past its gate only ends its utterance
             row_items.append(StepItem(
-                stream_id=int(new_ids[i, k]), samples=item.samples, is_first=first, is_last=bool(closing[i, k]),
-                boost=self.boost.get(int(slots[i])) if first else None, end_utterance=item.end_utterance,
+                stream_id=int(new_ids[i, k]), samples=fed, is_first=first, is_last=bool(closing[i, k]),
+                boost=self.boost.get(int(slots[i])) if first else None, end_utterance=bool(ending[i, k]),
             ))
-            owners.append((int(i), int(k)))
-            row_targets.append(self._targets(target[i], k))
+            owners.append((int(i), int(k), heard_by_row))
+            row_targets.append(self._targets(probs[i], k))
         pre_outputs, outputs_rows = [], []
         try:
             for group in pre_groups:
@@ -224,15 +320,25 @@ class MultitalkerAdapter(StreamingAdapter):
                 self.asr.release(int(new_ids[i, k]))
             raise
         t2 = time.perf_counter()
-        # 4. the step succeeded: commit state, then events
+        # every model call succeeded: commit state, then events
         if commit is not None:
             commit()
-        for stream_id, slot in opened:
-            self.slot_of[stream_id] = slot
+        self.diarized[slots[heard]] += 1
         self.row_id[slots] = np.where(closing, -1, new_ids)
         self.quiet[slots] = quiet
+        self.since_spoke[slots] = since
+        self.talking[slots] = talking
+        # a row's sample 0 in session time: where it opened (minus pre-roll); a session row that
+        # wakes after skipping chunks is re-anchored (words of an utterance still open across the
+        # gap shift by the gap)
         started = self.samples[slots][:, None] - preroll * self.chunk_samples
-        self.row_start[slots] = np.where(opening, started, self.row_start[slots])
+        self.row_start[slots] = np.where(opening | waking, started - np.where(opening, 0, self.row_fed[slots]),
+                                         self.row_start[slots])
+        fed = np.zeros_like(self.row_fed[slots])
+        for i, k, heard_by_row in owners:
+            if heard_by_row:
+                fed[i, k] += lengths[i]
+        self.row_fed[slots] = np.where(opening, 0, self.row_fed[slots]) + fed + preroll * self.chunk_samples
         self.samples[slots] += lengths
         if self.preroll:
             for i in heard.tolist():
@@ -240,24 +346,17 @@ class MultitalkerAdapter(StreamingAdapter):
                 self.past_audio[slot] = np.roll(self.past_audio[slot], -1, axis=0)
                 self.past_audio[slot, -1, : lengths[i]] = items[i].samples
                 self.past_audio[slot, -1, lengths[i]:] = 0.0
-                self.past_active[slot] = np.roll(self.past_active[slot], -1, axis=0)
-                self.past_active[slot, -1] = target[i]
+                self.past_probs[slot] = np.roll(self.past_probs[slot], -1, axis=0)
+                self.past_probs[slot, -1] = probs[i]
                 self.past_count[slot] += 1
         outputs = [StepOutput() for _ in items]
         assert not any(out.finals for out in pre_outputs)  # no row's first chunk is a last one
-        for (i, k), out in zip(owners, outputs_rows):
+        for (i, k, _), out in zip(owners, outputs_rows):
             offset = self.row_start[slots[i], k] / self.sample_rate
             speaker = self.speakers[k]
             outputs[i].finals.extend(_moved(f, offset, speaker) for f in out.finals)
             if out.partial is not None:
                 outputs[i].partials.append(_moved(out.partial, offset, speaker))
-        for output in outputs:
-            output.finals.sort(key=lambda f: (f.start, f.end))
-        for i, item in enumerate(items):
-            if item.is_last:
-                self._forget(item.stream_id, int(slots[i]))
-        self.stats["steps"] += 1
-        self.stats["sessions"] += count
         self.stats["rows"] += len(row_items) + len(pre_outputs)
         self.stats["diarizer_seconds"] += t1 - t0
         self.stats["asr_seconds"] += t2 - t1
@@ -266,10 +365,13 @@ class MultitalkerAdapter(StreamingAdapter):
     def commit(self, outputs: list[StepOutput]) -> list[StepOutput]:
         return outputs
 
-    @staticmethod
-    def _targets(active: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Speaker k's and everyone else's activity [frames] from a chunk's [frames, speakers]."""
-        return active[:, k], np.delete(active, k, axis=1).any(axis=1)
+    def _targets(self, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Speaker k's and everyone else's targets [frames] from a chunk's probabilities [frames, speakers]."""
+        others = np.delete(probs, k, axis=1)
+        if self.target_mode == "nemo":  # SpeakerTaggedASR: raw own probability, others > 0.5
+            return probs[:, k], (others > 0.5).any(axis=1).astype(np.float32)
+        threshold = self.target_threshold
+        return (probs[:, k] >= threshold).astype(np.float32), (others >= threshold).any(axis=1).astype(np.float32)
 
     def _asr_step(self, row_items: list[StepItem], targets: list) -> list[StepOutput]:
         if not row_items:
@@ -298,6 +400,7 @@ class MultitalkerAdapter(StreamingAdapter):
         self.slot_of.pop(stream_id, None)
         self.row_id[slot] = -1
         self.boost.pop(slot, None)
+        self.held_n[slot] = 0
         self._free.append(slot)
 
     def active_streams(self) -> int:

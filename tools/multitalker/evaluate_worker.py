@@ -52,24 +52,26 @@ def run_set(adapter, rows: list[dict], batch: int) -> list[dict]:
         finals = [[] for _ in group]
         diar_step = adapter.diar.step
 
-        def spy(slots, audio_t, valid, firsts):  # record what the diarizer said, per session
-            out, commit = diar_step(slots, audio_t, valid, firsts)
-            spy.last = (slots.copy(), out)
+        def spy(slots, windows, valid, firsts):  # record what the diarizer said, per session slot
+            out, commit = diar_step(slots, windows, valid, firsts)
+            spy.calls.append((slots.copy(), out))
             return out, commit
 
         adapter.diar.step = spy
+        slot_of: dict[int, int] = {}  # session slot -> conversation index (look-ahead: slots diarize later)
         try:
             for t in range(max(len(c) for c in chunks)):
                 live = [i for i in range(len(group)) if t < len(chunks[i])]
                 items = [StepItem(10_000 * first + i, chunks[i][t], is_first=t == 0, is_last=t == len(chunks[i]) - 1)
                          for i in live]
-                spy.last = None
+                spy.calls = []
                 outs = adapter.step(items)
                 for i, out in zip(live, outs):
                     finals[i] += [f for f in out.finals if f.text]
-                if spy.last is not None:
-                    for j, i in enumerate(live):
-                        probs[i].append(spy.last[1][j])
+                slot_of.update({s: sid - 10_000 * first for sid, s in adapter.slot_of.items()})
+                for slots, out in spy.calls:
+                    for j, slot in enumerate(slots.tolist()):
+                        probs[slot_of[slot]].append(out[j])
         finally:
             del adapter.diar.step
         for i, r in enumerate(group):
