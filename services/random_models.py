@@ -8,6 +8,10 @@ random weights, for benchmarks and tests (no weights are downloadable here).
                           channels), causal convs kernel 9, chunked_limited attention
                           [[70,13],[70,6],[70,1],[70,0]], RNNT with a 2-layer LSTM prediction net
                           and joint of 640 (as published for Nemotron speech streaming 0.6B models)
+    random:nemotron-3.5-0.6b  Nemotron 3.5 ASR's shape: nemotron-0.6b + a language prompt (128 one-hot
+                          prompts, its 40 locales + auto, NeMo's EncDecRNNTBPEModelWithPrompt) and a
+                          320 ms context [68,3]
+    random:tiny-multilingual  tiny + the tiny multilingual model's prompt (en-US, es-ES, de-DE, auto)
 
 The tokenizer is trained on the small word list in `tiny_model.WORDS`; SentencePiece stops
 short of a large requested vocabulary, so `nemotron-0.6b`'s joint is narrower than the real
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+
+from .languages import NEMOTRON_35_LOCALES
 
 PREFIX = "random:"
 
@@ -32,6 +38,16 @@ ARCHS: dict[str, dict] = {
         d_model=1024, n_layers=24, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
         pred_hidden=640, pred_rnn_layers=2, n_mels=128, vocab=1024,
     ),
+    # Nemotron 3.5 ASR: the same, plus the one-hot language prompt (128 prompts, its 40 locales + auto)
+    # through a prompt kernel on the encoder output, and 320 ms chunks
+    "nemotron-3.5-0.6b": dict(
+        d_model=1024, n_layers=24, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
+        pred_hidden=640, pred_rnn_layers=2, n_mels=128, vocab=1024, prompts=NEMOTRON_35_LOCALES,
+        att_context_size=[[70, 13], [70, 6], [68, 3], [70, 1], [70, 0]],
+    ),
+    # the tests' random multilingual model: tiny's shape with the prompt of the tiny multilingual model
+    "tiny-multilingual": dict(d_model=64, n_layers=2, n_heads=2, vocab=64, prompts=("en-US", "es-ES", "de-DE", "auto"),
+                              num_prompts=16, att_context_size=[[70, 6], [68, 3], [70, 1], [70, 0]]),
 }
 
 _tokenizers: dict[tuple[str, bool], Path] = {}

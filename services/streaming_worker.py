@@ -82,13 +82,18 @@ def _dtype(cfg: StreamingConfig) -> str:
 def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
     chunk_ms = cfg.chunk_ms or DEFAULT_CHUNK_MS.get(cfg.worker, 160)
     if cfg.decoder_path == "vectorised":
+        from .adapters.multilingual import MultilingualRNNTAdapter, takes_prompt
         from .adapters.vectorised import VectorisedRNNTAdapter
 
-        return VectorisedRNNTAdapter(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device,
-                                     dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting)
+        cls = MultilingualRNNTAdapter if takes_prompt(model) else VectorisedRNNTAdapter
+        return cls(model, chunk_ms=chunk_ms, max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg),
+                   amp=cfg.amp, boosting=cfg.boosting)
     from .adapters.cache_aware import CacheAwareRNNTAdapter
+    from .adapters.multilingual import takes_prompt
     from .random_models import nemo_path
 
+    if takes_prompt(model):
+        raise ValueError(f"{model} takes a language prompt per session: serve it with --decoder-path vectorised")
     return CacheAwareRNNTAdapter(nemo_path(model), chunk_ms=chunk_ms, max_streams=cfg.max_sessions,
                                  device=cfg.device, dtype=_dtype(cfg))
 

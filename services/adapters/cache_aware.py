@@ -25,7 +25,21 @@ from .utterances import utterance_pipeline_class
 logger = logging.getLogger(__name__)
 
 # chunk (ms) → att_context_size [left, right] in encoder frames (80 ms each)
-CHUNK_CONTEXTS = {80: [70, 0], 160: [70, 1], 560: [70, 6], 1120: [70, 13]}
+# chunk → att_context_size. 320 ms: chunked_limited attention needs left % (right + 1) == 0, so
+# no [70, 3]; a model trained with another left context for 320 ms gets its own (`served_context`).
+CHUNK_CONTEXTS = {80: [70, 0], 160: [70, 1], 320: [68, 3], 560: [70, 6], 1120: [70, 13]}
+
+
+def served_context(trained: list, wanted: list) -> list:
+    """`wanted`, or the model's own context with the same look-ahead (chunk size) if it has another left."""
+    trained = [list(c) for c in trained]
+    if list(wanted) in trained:
+        return list(wanted)
+    same = [c for c in trained if c[1] == wanted[1]]
+    if not same:
+        chunks = sorted(80 * (c[1] + 1) for c in trained)
+        raise ValueError(f"the model was not trained for {80 * (wanted[1] + 1)} ms chunks; it takes {chunks} ms")
+    return same[0]
 
 
 def pipeline_config(

@@ -27,7 +27,7 @@ import numpy as np
 from pipecat_nvasr.protocol import BoostPhrase, Final, Partial, Word
 
 from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
-from .cache_aware import pipeline_config
+from .cache_aware import pipeline_config, served_context
 
 
 def _wrapper_class():
@@ -92,7 +92,9 @@ class VectorisedRNNTAdapter(StreamingAdapter):
         self.compute_dtype = w.compute_dtype
 
         # streaming geometry: NeMo's CacheAwareRNNTPipeline.init_parameters, same expressions
-        w.set_default_att_context_size(att_context_size=cfg.streaming.att_context_size)
+        context = served_context(w.asr_model.encoder.att_context_size_all, list(cfg.streaming.att_context_size))
+        cfg.streaming.att_context_size = context
+        w.set_default_att_context_size(att_context_size=context)
         pre_encode = w.get_pre_encode_cache_size()
         model_chunk = w.get_chunk_size()
         model_chunk = model_chunk[1] if isinstance(model_chunk, list) else model_chunk
@@ -244,6 +246,7 @@ class VectorisedRNNTAdapter(StreamingAdapter):
             cache_last_time=lookback, cache_last_channel_len=cache_len, keep_all_outputs=keep_all,
             drop_extra_pre_encoded=self.drop_extra,
         )
+        encoded = self._after_encoder(encoded, self._stepping[rows])
         t1 = time.perf_counter()
         group_slots = slots[rows]
         bias = store.bias_id[group_slots] if self.greedy.computer.per_stream_biasing_enabled else None
@@ -261,6 +264,11 @@ class VectorisedRNNTAdapter(StreamingAdapter):
     def _condition(self, items: np.ndarray) -> None:
         """Set per-row model inputs besides audio right before an encoder call whose rows are
         these step items (multitalker: speaker targets)."""
+
+    def _after_encoder(self, encoded, items: np.ndarray):
+        """The encoder output [B, D, T] of the rows (these step items) as the decoder gets it
+        (multilingual: the language prompt is applied here, as in NeMo's prompt models)."""
+        return encoded
 
     def _account(self, rows, group_slots, lengths, tokens, frames, confidence, ended, marker) -> None:
         """Vectorised utterance bookkeeping for one decoded group; text only for rows with tokens."""

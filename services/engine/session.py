@@ -38,6 +38,8 @@ class Session:
         self.outbox = Outbox()  # of Outgoing; pending partials coalesce
         self._boost: list[BoostPhrase] = []
         self._boost_changed = False
+        self._language: Optional[str] = None  # model locale (prompt-conditioned models)
+        self._language_changed = False
         self.last_step = -1  # engine step that last served this session: oldest first
         self.audio_seconds = 0.0
 
@@ -68,6 +70,16 @@ class Session:
         """Key phrases; they reach the model with this session's next chunk."""
         self._boost = list(phrases)
         self._boost_changed = True
+
+    @property
+    def language(self) -> Optional[str]:
+        return self._language
+
+    @language.setter
+    def language(self, locale: str) -> None:
+        """The model locale; it reaches the model with this session's next chunk (same stream)."""
+        self._language = locale
+        self._language_changed = True
 
     def append(self, samples: np.ndarray) -> None:
         if self._closing:
@@ -164,6 +176,8 @@ class Session:
             samples = np.concatenate([samples, np.zeros(pad, dtype=np.float32)])
         boost = list(self._boost) if is_first or self._boost_changed else None
         self._boost_changed = False
+        language = self._language if is_first or self._language_changed else None
+        self._language_changed = False
         self._consumed += take
         self._model_samples += len(samples)
         self.audio_seconds += take / self.sample_rate
@@ -174,6 +188,7 @@ class Session:
             is_last=is_last,
             boost=boost,
             end_utterance=end_utterance,
+            language=language,
         )
 
     def _take(self, n: int) -> np.ndarray:

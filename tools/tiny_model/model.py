@@ -16,15 +16,19 @@ from omegaconf import OmegaConf
 EOU, EOB = "<EOU>", "<EOB>"
 
 
-def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> Path:
-    """SentencePiece BPE on the training sentences -> out_dir/tokenizer.model (+ vocab.txt for NeMo)."""
+def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, user_symbols: tuple[str, ...] = ()) -> Path:
+    """SentencePiece BPE on the training sentences -> out_dir/tokenizer.model (+ vocab.txt for NeMo).
+
+    `user_symbols`: pieces kept whole (e.g. a multilingual model's language tags).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "text.txt"
     corpus.write_text("\n".join(texts) + "\n")
     spm.SentencePieceTrainer.train(
         input=str(corpus), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
         character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1, num_threads=2,
-        split_digits=False, hard_vocab_limit=True, seed_sentencepiece_size=100000, minloglevel=2)
+        split_digits=False, hard_vocab_limit=True, seed_sentencepiece_size=100000, minloglevel=2,
+        user_defined_symbols=list(user_symbols))
     _write_vocab(out_dir)
     return out_dir
 
