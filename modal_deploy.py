@@ -12,6 +12,7 @@ and travel into the containers as each class's environment (`CONTAINER_ENV`), so
 runs there is what was deployed. The sessions a container takes is ONE value per worker:
 it is both Modal's `@modal.concurrent(max_inputs=...)` and the engine's `max_sessions`.
 Clients connect to `wss://<workspace>--pipecat-nvasr-nemotron-web.modal.run/v1/listen`
+(multilingual: `…-nemotron35-web…/v1/listen?language=es`)
 with `Authorization: Bearer $NVASR_TOKEN`.
 """
 
@@ -36,6 +37,12 @@ DEFAULTS = {
     "NVASR_NEMOTRON_MIN_CONTAINERS": "0",
     "NVASR_NEMOTRON_BUFFER_CONTAINERS": "0",
     "NVASR_STREAMING_MAX_BATCH": "256",
+    # Nemotron 3.5 ASR: 40 locales + auto, a language per session (`language=`, `configure`)
+    "NVASR_NEMOTRON35_MODEL": "nvidia/nemotron-3.5-asr-streaming-0.6b",
+    "NVASR_NEMOTRON35_CHUNK_MS": "160",  # 80, 160, 320, 560 or 1120
+    "NVASR_NEMOTRON35_SESSIONS": "400",
+    "NVASR_NEMOTRON35_MIN_CONTAINERS": "0",
+    "NVASR_NEMOTRON35_BUFFER_CONTAINERS": "0",
     "NVASR_REALTIME_MODEL": "nvidia/parakeet_realtime_eou_120m-v1",
     "NVASR_REALTIME_GPU": "L4",  # 120M parameters: a small GPU is plenty
     "NVASR_REALTIME_CHUNK_MS": "160",  # 80 or 160
@@ -75,6 +82,9 @@ NEMOTRON_MODEL = _setting("NVASR_NEMOTRON_MODEL")
 NEMOTRON_CHUNK_MS = _count("NVASR_NEMOTRON_CHUNK_MS")
 NEMOTRON_SESSIONS = _count("NVASR_NEMOTRON_SESSIONS")
 STREAMING_MAX_BATCH = _count("NVASR_STREAMING_MAX_BATCH")
+NEMOTRON35_MODEL = _setting("NVASR_NEMOTRON35_MODEL")
+NEMOTRON35_CHUNK_MS = _count("NVASR_NEMOTRON35_CHUNK_MS")
+NEMOTRON35_SESSIONS = _count("NVASR_NEMOTRON35_SESSIONS")
 SESSION_TIMEOUT_S = 2 * 60 * 60  # the longest call a container serves
 REALTIME_MODEL = _setting("NVASR_REALTIME_MODEL")
 REALTIME_GPU = _setting("NVASR_REALTIME_GPU")
@@ -133,7 +143,7 @@ image = (
         "huggingface_hub[hf_transfer]",
     )
     .env({"HF_HOME": f"{CACHE_DIR}/hf", "HF_HUB_ENABLE_HF_TRANSFER": "1", "TOKENIZERS_PARALLELISM": "false"})
-    .run_function(download_weights, args=([NEMOTRON_MODEL, PARAKEET_MODEL, REALTIME_MODEL, MULTITALKER_MODEL, MULTITALKER_DIAR_MODEL],), volumes={CACHE_DIR: weights})
+    .run_function(download_weights, args=([NEMOTRON_MODEL, NEMOTRON35_MODEL, PARAKEET_MODEL, REALTIME_MODEL, MULTITALKER_MODEL, MULTITALKER_DIAR_MODEL],), volumes={CACHE_DIR: weights})
     .add_local_file(Path(__file__).parent / "tests/assets/demo.wav", "/root/assets/demo.wav")
     .add_local_dir(Path(__file__).parent / "frontend", "/root/frontend")  # the page at `/`
     .add_local_python_source("services", "pipecat_nvasr")
@@ -205,6 +215,21 @@ class Nemotron(_StreamingWorker):
         device=DEVICE,
         chunk_ms=NEMOTRON_CHUNK_MS,
         max_sessions=NEMOTRON_SESSIONS,
+        max_batch=STREAMING_MAX_BATCH,
+        warmup=False,
+    )
+
+
+@_streaming_cls(GPU, NEMOTRON35_SESSIONS, _scaling("NEMOTRON35"))
+class Nemotron35(_StreamingWorker):
+    """Multilingual Nemotron 3.5 ASR: sessions in different languages share every GPU step."""
+
+    config = dict(
+        worker="nemotron",
+        model=NEMOTRON35_MODEL,
+        device=DEVICE,
+        chunk_ms=NEMOTRON35_CHUNK_MS,
+        max_sessions=NEMOTRON35_SESSIONS,
         max_batch=STREAMING_MAX_BATCH,
         warmup=False,
     )

@@ -1,0 +1,178 @@
+"""Per-session language in the vectorised step (services/adapters/multilingual.py).
+
+The tiny multilingual model (tests/assets/tiny_multilingual.nemo, trained on en-US/es-ES/de-DE
+espeak speech) and a random one of the same kind. Exact comparisons in float64: sessions in three
+languages (and one in `auto`, one switching language mid-stream) stepped together give, stream for
+stream, what each gives alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ASSETS, clip_set, noise_audio
+from test_vectorised_step import schedule
+
+from services.engine.adapter import StepItem
+
+MODEL = ASSETS / "tiny_multilingual.nemo"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clips() -> dict[str, list[dict]]:
+    by_language: dict[str, list[dict]] = {}
+    for clip in clip_set("multilingual"):
+        by_language.setdefault(clip["language"], []).append(clip)
+    return by_language
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from services.adapters.multilingual import MultilingualRNNTAdapter
+
+    return MultilingualRNNTAdapter(str(MODEL), chunk_ms=160, max_streams=8, dtype="float64")
+
+
+def run(adapter, steps, languages, switch=None, only=None):
+    """Feed a plan; `languages[sid]` goes with each stream's first item, `switch[sid] = (step, locale)`
+    with that step's item. Per stream: its outputs in order."""
+    out: dict[int, list] = {}
+    for index, plan in enumerate(steps):
+        items = []
+        for sid, samples, first, last, end in plan:
+            if only is not None and sid != only:
+                continue
+            language = languages[sid] if first else None
+            if switch and sid in switch and switch[sid][0] == index:
+                language = switch[sid][1]
+            items.append(StepItem(sid + 100, samples, first, last, end_utterance=end, language=language))
+        if items:
+            for item, result in zip(items, adapter.step(items)):
+                out.setdefault(item.stream_id - 100, []).append(result)
+    return out
+
+
+def finals(outs) -> list:
+    return [f for o in outs for f in o.finals]
+
+
+def test_the_model_declares_its_locales(adapter):
+    assert adapter.locales == ("en-US", "es-ES", "de-DE", "auto")
+    assert adapter.languages == ("de", "en", "es") and adapter.default_locale == "en-US"
+
+
+def test_three_languages_batched_equal_each_alone(adapter, clips):
+    gap = np.zeros(9600, np.float32)
+    audios = [np.concatenate([clips[loc][0]["samples"], gap, clips[loc][1]["samples"]])
+              for loc in ("en-US", "es-ES", "de-DE")]
+    audios += [np.concatenate([clips["es-ES"][2]["samples"], gap, clips["de-DE"][2]["samples"]]),  # auto
+               np.concatenate([clips["en-US"][3]["samples"], gap, clips["de-DE"][3]["samples"]])]  # switches
+    languages = ["en-US", "es-ES", "de-DE", "auto", "en-US"]
+    n = adapter.chunk_samples
+    switch_at = int(np.ceil((len(clips["en-US"][3]["samples"]) + 4800) / n))  # in the gap: German from here
+    steps = schedule(audios, n, joins=[0, 1, 0, 3, 2], ends={(1, 14)}, empty_ends={(0, 20)})
+    assert max(len(s) for s in steps) == 5
+    switch = {4: (switch_at + 2, "de-DE")}
+    together = run(adapter, steps, languages, switch)
+    for sid in range(len(audios)):
+        assert run(adapter, steps, languages, switch, only=sid)[sid] == together[sid], sid
+    assert adapter.active_streams() == 0
+    for sid, loc in enumerate(languages[:3]):
+        got = finals(together[sid])
+        assert got and {f.language for f in got} == {loc}, (sid, got)
+        assert all(p.language == loc for o in together[sid] if (p := o.partial) is not None)
+    switched = finals(together[4])
+    assert [f.language for f in switched][0] == "en-US" and switched[-1].language == "de-DE"
+    assert all("<" not in f.text for sid in together for f in finals(together[sid]))
+
+
+def test_a_row_prompt_changes_only_that_row(adapter, clips):
+    """The same Spanish audio in three rows of one batch, prompted es / de / en: the es row equals the
+    es stream alone, and every prompt gives its own decode (the prompt reaches each row, not the batch)."""
+    audio = clips["es-ES"][0]["samples"]
+    n = adapter.chunk_samples
+    steps = schedule([audio] * 3, n, joins=[0, 0, 0])
+    languages = ["es-ES", "de-DE", "en-US"]
+    together = run(adapter, steps, languages)
+    alone = run(adapter, steps, languages, only=0)[0]
+    assert together[0] == alone
+    texts = [" ".join(f.text for f in finals(together[sid])) for sid in range(3)]
+    assert texts[0] == clips["es-ES"][0]["text"], texts
+    assert len(set(texts)) == 3, texts
+
+
+def test_a_language_change_applies_from_the_next_chunk(adapter, clips):
+    """Up to the change the stream is the one that never changed; from the change on, it is the
+    one that had the new language all along (the prompt enters after the encoder, whose cache is
+    language-free), and the events say so."""
+    audio = np.concatenate([clips["de-DE"][4]["samples"], np.zeros(4800, np.float32), clips["de-DE"][5]["samples"]])
+    n = adapter.chunk_samples
+    steps = schedule([audio], n, joins=[0])
+    at = 6
+    never = run(adapter, steps, ["es-ES"])[0]
+    always = run(adapter, steps, ["de-DE"])[0]
+    changed = run(adapter, steps, ["es-ES"], switch={0: (at, "de-DE")})[0]
+    assert changed[:at] == never[:at]
+    assert changed != never and changed[at:] != never[at:]
+    tail = [o for o in changed[at:] if o.partial or o.finals]
+    assert tail and all(e.language == "de-DE" for o in tail for e in o.finals + o.all_partials())
+    assert " ".join(f.text for f in finals(always)) == " ".join(c["text"] for c in (clips["de-DE"][4], clips["de-DE"][5]))
+
+
+def test_auto_tags_the_language_and_cuts_the_tag(adapter, clips):
+    got = {}
+    for loc in ("en-US", "es-ES", "de-DE"):
+        for clip in clips[loc]:
+            outs = run(adapter, schedule([clip["samples"]], adapter.chunk_samples, joins=[0]), ["auto"])[0]
+            fs = finals(outs)
+            assert all("<" not in f.text and all("<" not in w.word for w in f.words) for f in fs)
+            got[clip["audio"]] = (loc, fs[-1].language if fs else None)
+    right = sum(loc == tag for loc, tag in got.values())
+    assert right >= 0.8 * len(got), got
+
+
+def test_an_unknown_locale_fails_the_step_before_any_state_changes():
+    from services.adapters.multilingual import MultilingualRNNTAdapter
+
+    adapter = MultilingualRNNTAdapter("random:tiny-multilingual", chunk_ms=160, max_streams=4, dtype="float64")
+    audio = noise_audio(3, 1.0)
+    steps = schedule([audio], adapter.chunk_samples, joins=[0])
+    clean = run(adapter, steps, ["de-DE"])[0]
+    n = adapter.chunk_samples
+    adapter.step([StepItem(100, audio[:n], True, False, language="de-DE")])
+    with pytest.raises(ValueError, match="fr-FR"):
+        adapter.step([StepItem(100, audio[n:2 * n], False, False, language="fr-FR")])
+    rest = [adapter.step([StepItem(100, audio[k:k + n], False, k + n > len(audio))])[0]
+            for k in range(n, len(audio) + 1, n)]
+    assert [clean[0], *rest] == clean
+    assert adapter.active_streams() == 0
+
+
+def test_a_model_without_prompts_is_refused(tiny_rnnt):
+    from services.adapters.multilingual import MultilingualRNNTAdapter, takes_prompt
+
+    assert not takes_prompt(str(tiny_rnnt)) and takes_prompt(str(MODEL))
+    assert takes_prompt("random:nemotron-3.5-0.6b") and takes_prompt("nvidia/nemotron-3.5-asr-streaming-0.6b")
+    with pytest.raises(ValueError, match="no language prompt"):
+        MultilingualRNNTAdapter(str(tiny_rnnt), chunk_ms=160, max_streams=2)
+
+
+@pytest.mark.parametrize("chunk_ms", [80, 320, 560])
+def test_every_trained_chunk_size_transcribes(chunk_ms, clips):
+    from services.adapters.multilingual import MultilingualRNNTAdapter
+
+    adapter = MultilingualRNNTAdapter(str(MODEL), chunk_ms=chunk_ms, max_streams=4)
+    assert adapter.chunk_ms == chunk_ms
+    clip = clips["es-ES"][1]
+    outs = run(adapter, schedule([clip["samples"]], adapter.chunk_samples, joins=[0]), ["es-ES"])[0]
+    assert " ".join(f.text for f in finals(outs)).split()[:2] == clip["text"].split()[:2]
