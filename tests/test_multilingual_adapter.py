@@ -176,3 +176,21 @@ def test_every_trained_chunk_size_transcribes(chunk_ms, clips):
     clip = clips["es-ES"][1]
     outs = run(adapter, schedule([clip["samples"]], adapter.chunk_samples, joins=[0]), ["es-ES"])[0]
     assert " ".join(f.text for f in finals(outs)).split()[:2] == clip["text"].split()[:2]
+
+
+def test_a_session_language_reaches_the_model_with_the_first_chunk_holding_audio_sent_after_it():
+    from services.engine.session import Session
+
+    session = Session(16000, 16000 * 10)
+    session.language = "es-ES"
+    session.append(np.zeros(2560 + 1000, np.float32))  # one chunk and a bit, sent in Spanish
+    session.language = "de-DE"  # then German
+    session.append(np.zeros(2560 * 2, np.float32))
+    items = [session.next_item(2560) for _ in range(3)]
+    # the first chunk is all Spanish audio; the second holds the first German sample
+    assert [i.language for i in items] == ["es-ES", "de-DE", None]
+    assert items[0].is_first and session.language == "de-DE"
+    session.language = "en-US"
+    session.language = "de-DE"  # changed back before any audio: the model hears de-DE again
+    session.append(np.zeros(2560, np.float32))
+    assert session.next_item(2560).language == "de-DE"

@@ -27,7 +27,7 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
 
-from pipecat_nvasr import NemotronSTTService
+from pipecat_nvasr import NEMOTRON_35_LANGUAGES, NemotronSTTService
 from pipecat_nvasr.client import ListenClient, listen_url
 from pipecat_nvasr.protocol import Closed, Final, Ready
 
@@ -148,7 +148,7 @@ async def test_a_pipecat_language_change_takes_effect_without_a_new_session(work
         return ([VADUserStartedSpeakingFrame(start_secs=0.2)] + audio_frames(clip["samples"][:end])
                 + [VADUserStoppedSpeakingFrame(stop_secs=0.2), SleepFrame(sleep=0.5)])
 
-    stt = NemotronSTTService(url=worker.ws, api_key=TOKEN, languages=None,
+    stt = NemotronSTTService(url=worker.ws, api_key=TOKEN, languages=NEMOTRON_35_LANGUAGES,
                              settings=NemotronSTTService.Settings(language=Language.ES))
     frames = [SleepFrame(sleep=0.5), *turn(es), STTUpdateSettingsFrame(delta=NemotronSTTService.Settings(
         language=Language.DE)), SleepFrame(sleep=0.2), *turn(de)]
