@@ -84,25 +84,19 @@ class MultilingualRNNTAdapter(VectorisedRNNTAdapter):
         self._items, self._changes = items, changes
         return super().step(items)
 
-    def _condition(self, items: np.ndarray) -> None:
-        """The rows' language changes take effect from this chunk (set before the encoder call)."""
-        super()._condition(items)
-        slot_of, changes = self.store.slot_of, self._changes
-        for i in items.tolist():
-            index = changes.get(i)
-            if index is not None:
-                slot = slot_of[self._items[i].stream_id]
-                if self._items[i].is_first:
-                    self._detected[slot] = None
-                self._prompt[slot] = index
-
     def _after_encoder(self, encoded, items: np.ndarray):
-        """Apply each row's prompt: [B, D, T] → cat one-hot [B, T, P] → prompt_kernel → [B, D, T]."""
+        """Apply each row's prompt: [B, D, T] → cat one-hot [B, T, P] → prompt_kernel → [B, D, T].
+
+        Reads state only: a row whose item brings a new language uses it here, and the slot's
+        prompt is written with the step's other state (`_outputs`), so a failed step changes nothing."""
         torch = self._torch
-        slot_of, stepped = self.store.slot_of, self._items
-        slots = [slot_of[stepped[i].stream_id] for i in items.tolist()]
-        index = torch.from_numpy(self._prompt[slots]).to(encoded.device, non_blocking=True)
-        onehot = torch.nn.functional.one_hot(index, self.num_prompts).to(encoded.dtype)
+        slot_of, stepped, changes = self.store.slot_of, self._items, self._changes
+        index = [changes.get(i, -1) for i in items.tolist()]
+        for row, i in enumerate(items.tolist()):
+            if index[row] < 0:
+                index[row] = int(self._prompt[slot_of[stepped[i].stream_id]])
+        rows = torch.tensor(index, dtype=torch.long).to(encoded.device, non_blocking=True)
+        onehot = torch.nn.functional.one_hot(rows, self.num_prompts).to(encoded.dtype)
         frames = encoded.transpose(1, 2)
         prompt = onehot[:, None, :].expand(-1, frames.shape[1], -1)
         return self._kernel(torch.cat([frames, prompt], dim=-1)).to(encoded.dtype).transpose(1, 2)
@@ -124,6 +118,12 @@ class MultilingualRNNTAdapter(VectorisedRNNTAdapter):
         return final
 
     def _outputs(self, items, slots, ended, marker) -> list[StepOutput]:
+        for i, index in self._changes.items():  # the model calls are done: the new prompts stick
+            slot = int(slots[i])
+            if slot >= 0:
+                self._prompt[slot] = index
+                if items[i].is_first:
+                    self._detected[slot] = None
         outputs = super()._outputs(items, slots, ended, marker)
         for slot, out in zip(slots.tolist(), outputs):
             partial: Optional[Partial] = out.partial
