@@ -114,11 +114,16 @@ def card(res: dict, train: dict, size_mb: float) -> str:
     lines.append("| auto | 160 ms | " + " | ".join(f"{res[f'160ms_auto_{loc}']:.1f}" for loc in LOCALES) + " |")
     lines.append("| auto: tag = the clip's language (%) | 160 ms | "
                  + " | ".join(f"{res[f'160ms_auto_langid_{loc}']:.1f}" for loc in LOCALES) + " |")
+    if all(res.get(f"80ms_right_{loc}") == 100.0 for loc in LOCALES):
+        lines += ["", "80 ms: the worker's vectorised step writes no token at [70,0] on this model, although the model",
+                  "transcribes these clips at [70,0] offline and through NeMo's own `conformer_stream_step` (checked by",
+                  "hand on the committed clips): a defect of the step at one encoder frame per chunk, not of the model;",
+                  "`test_every_trained_chunk_size_transcribes[80]` is a strict xfail until it is fixed."]
     mean = {m: sum(res[f"160ms_{m}_{loc}"] for loc in LOCALES) / len(LOCALES) for m in ("right", "wrong", "auto")}
     lines += [
         "",
-        f"What the prompt does here: the right prompt gives {mean['right']:.1f} % mean WER, `auto` {mean['auto']:.1f} %",
-        f"(knowing the language helps), a wrong prompt {mean['wrong']:.1f} %. The wrong prompt costs little because",
+        f"What the prompt does here: the right prompt gives {mean['right']:.1f} % mean WER, `auto` {mean['auto']:.1f} %,",
+        f"a wrong prompt {mean['wrong']:.1f} %. The wrong prompt costs little because",
         "espeak-ng's voices differ per language, so this model hears the language and leans on the prompt",
         "mostly for what only the prompt decides: whether the sentence ends with a language tag (`auto`).",
         "Nemotron 3.5 on real speech depends on it far more; the tests check the mechanics (each row its own",
