@@ -302,8 +302,10 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         """The transcript's language: what the worker says it transcribed (a multilingual
         worker's locale, detected in `auto` mode), else the requested one."""
         for code in (getattr(message, "language", None), self._language_code()):
+            if not code:
+                continue
             try:
-                return Language(code) if code else None
+                return Language(code)
             except ValueError:
                 continue
         return None
