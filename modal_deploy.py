@@ -12,6 +12,7 @@ and travel into the containers as each class's environment (`CONTAINER_ENV`), so
 runs there is what was deployed. The sessions a container takes is ONE value per worker:
 it is both Modal's `@modal.concurrent(max_inputs=...)` and the engine's `max_sessions`.
 Clients connect to `wss://<workspace>--pipecat-nvasr-nemotron-web.modal.run/v1/listen`
+(multilingual: `…-nemotron35-web…/v1/listen?language=es`)
 with `Authorization: Bearer $NVASR_TOKEN`.
 """
 
@@ -42,6 +43,13 @@ DEFAULTS = {
     "NVASR_NEMOTRON_MIN_CONTAINERS": "0",
     "NVASR_NEMOTRON_BUFFER_CONTAINERS": "0",
     "NVASR_STREAMING_MAX_BATCH": "256",
+    # Nemotron 3.5 ASR: 40 locales + auto, a language per session (`language=`, `configure`)
+    "NVASR_NEMOTRON35_MODEL": "nvidia/nemotron-3.5-asr-streaming-0.6b",
+    "NVASR_NEMOTRON35_REVISION": "",  # unknown here: locked at the first build
+    "NVASR_NEMOTRON35_CHUNK_MS": "160",  # 80, 160, 320, 560 or 1120
+    "NVASR_NEMOTRON35_SESSIONS": "400",
+    "NVASR_NEMOTRON35_MIN_CONTAINERS": "0",
+    "NVASR_NEMOTRON35_BUFFER_CONTAINERS": "0",
     "NVASR_REALTIME_MODEL": "nvidia/parakeet_realtime_eou_120m-v1",
     "NVASR_REALTIME_REVISION": "",  # unknown here: locked at the first build
     "NVASR_REALTIME_GPU": "L4",  # 120M parameters: a small GPU is plenty
@@ -87,6 +95,10 @@ NEMOTRON_REVISION = _setting("NVASR_NEMOTRON_REVISION") or None
 NEMOTRON_CHUNK_MS = _count("NVASR_NEMOTRON_CHUNK_MS")
 NEMOTRON_SESSIONS = _count("NVASR_NEMOTRON_SESSIONS")
 STREAMING_MAX_BATCH = _count("NVASR_STREAMING_MAX_BATCH")
+NEMOTRON35_MODEL = _setting("NVASR_NEMOTRON35_MODEL")
+NEMOTRON35_REVISION = _setting("NVASR_NEMOTRON35_REVISION") or None
+NEMOTRON35_CHUNK_MS = _count("NVASR_NEMOTRON35_CHUNK_MS")
+NEMOTRON35_SESSIONS = _count("NVASR_NEMOTRON35_SESSIONS")
 SESSION_TIMEOUT_S = 2 * 60 * 60  # the longest call a container serves
 REALTIME_MODEL = _setting("NVASR_REALTIME_MODEL")
 REALTIME_REVISION = _setting("NVASR_REALTIME_REVISION") or None
@@ -125,6 +137,7 @@ auth = modal.Secret.from_name("nvasr-auth", required_keys=["NVASR_TOKEN"])
 LOCK_PATH = f"{CACHE_DIR}/revisions.json"  # services/weights.py: model id → the commit served
 PINS = {
     NEMOTRON_MODEL: NEMOTRON_REVISION,
+    NEMOTRON35_MODEL: NEMOTRON35_REVISION,
     PARAKEET_MODEL: PARAKEET_REVISION,
     REALTIME_MODEL: REALTIME_REVISION,
     MULTITALKER_MODEL: MULTITALKER_REVISION,
@@ -252,6 +265,23 @@ class Nemotron(_StreamingWorker):
         warmup=False,
     )
     pins = {"model_revision": (NEMOTRON_MODEL, NEMOTRON_REVISION)}
+
+
+@_streaming_cls(GPU, NEMOTRON35_SESSIONS, _scaling("NEMOTRON35"))
+class Nemotron35(_StreamingWorker):
+    """Multilingual Nemotron 3.5 ASR: sessions in different languages share every GPU step."""
+
+    config = dict(
+        worker="nemotron",
+        model=NEMOTRON35_MODEL,
+        device=DEVICE,
+        chunk_ms=NEMOTRON35_CHUNK_MS,
+        max_sessions=NEMOTRON35_SESSIONS,
+        max_batch=STREAMING_MAX_BATCH,
+        cuda_graphs=CUDA_GRAPHS,
+        warmup=False,
+    )
+    pins = {"model_revision": (NEMOTRON35_MODEL, NEMOTRON35_REVISION)}
 
 
 @_streaming_cls(REALTIME_GPU, REALTIME_SESSIONS, _scaling("REALTIME"))

@@ -7,6 +7,7 @@ never pulls in Pipecat. No torch, no NeMo anywhere in this package.
 _LAZY = {
     "NemotronSTTService": "nemotron",
     "NemotronSTTSettings": "nemotron",
+    "NEMOTRON_35_LANGUAGES": "nemotron",
     "ParakeetRealtimeSTTService": "parakeet_realtime",
     "ParakeetRealtimeSTTSettings": "parakeet_realtime",
     "MultitalkerSTTService": "multitalker",

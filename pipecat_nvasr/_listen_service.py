@@ -210,8 +210,9 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         return True
 
     def language_to_service_language(self, language: Language) -> str | None:
-        """The worker takes base codes: `en-US` → `en`."""
-        return str(language.value if isinstance(language, Language) else language).split("-")[0].lower()
+        """The BCP-47 tag as given (`es`, `es-ES`, `auto`): an English-only worker checks its base
+        code, a multilingual one maps it to its locale (docs/protocol.md has the table)."""
+        return str(language.value if isinstance(language, Language) else language)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,10 +239,14 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
 
     async def _update_settings(self, delta: STTSettings) -> dict[str, Any]:
         changed = await super()._update_settings(delta)
-        if "url" in changed or "language" in changed:
+        live_language = "language" in changed and self._takes_live_language()
+        if "url" in changed or ("language" in changed and not live_language):
             await self._request_reconnect()
-        elif "boost_phrases" in changed:
-            await self._send_configure()
+        else:
+            if live_language:
+                await self._send_language()
+            if "boost_phrases" in changed:
+                await self._send_configure()
         self._warn_unhandled_updated_settings(changed.keys() - {"url", "language", "boost_phrases"})
         return changed
 
@@ -250,12 +255,17 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
     def _language_code(self) -> str:
         return self.language_to_service_language(self._settings.language or Language.EN) or "en"
 
+    def _takes_live_language(self) -> bool:
+        """A worker whose model takes a language per session (its `ready` lists `languages`)
+        switches in the same session; any other needs a new session in the new language."""
+        return self.worker_session is not None and self.worker_session.languages is not None
+
     def _url(self) -> str:
         return listen_url(str(self._settings.url), self._wire_rate, self._language_code())
 
     def _check_configuration(self):
         """Refuse locally what the worker would refuse: no connection, no retries."""
-        language = self._language_code()
+        language = self._language_code().split("-")[0].lower()
         if self._languages is not None and language not in self._languages:
             raise UnsupportedConfiguration(
                 f"language {self._settings.language!r} is not served by this worker; use one of {list(self._languages)}"
@@ -269,6 +279,17 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         phrases = boost_phrases(self._settings.boost_phrases if is_given(self._settings.boost_phrases) else [])
         if phrases or always:
             await self._send_json(Configure(boost=phrases))
+
+    async def _send_language(self):
+        """A live language change: from the worker's next chunk, in this session (no drain, no
+        reconnect). Without a session now, the next one opens in the new language anyway."""
+        try:
+            self._check_configuration()
+        except UnsupportedConfiguration as exc:
+            await self.push_error(str(exc))
+            return
+        if self._live:
+            await self._send_json(Configure(boost=None, language=self._language_code()))
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         """Send PCM (or keep it while there is no session); transcripts come back on the
@@ -338,11 +359,17 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         elif isinstance(message, Error):
             await self._on_error(message)
 
-    def _language(self) -> Optional[Language]:
-        try:
-            return Language(self._language_code())
-        except ValueError:
-            return None
+    def _language(self, message: Optional[Partial | Final] = None) -> Optional[Language]:
+        """The transcript's language: what the worker says it transcribed (a multilingual
+        worker's locale, detected in `auto` mode), else the requested one."""
+        for code in (getattr(message, "language", None), self._language_code()):
+            if not code:
+                continue
+            try:
+                return Language(code)
+            except ValueError:
+                continue
+        return None
 
     def _speaker_user_id(self, message: Partial | Final) -> str:
         """The frame's `user_id`: the transport's user; a multitalker service names the speaker."""
@@ -352,7 +379,8 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         if partial.text:
             user_id = self._speaker_user_id(partial)
             await self.push_frame(
-                InterimTranscriptionFrame(partial.text, user_id, time_now_iso8601(), self._language(), result=partial)
+                InterimTranscriptionFrame(partial.text, user_id, time_now_iso8601(), self._language(partial),
+                                          result=partial)
             )
 
     async def _on_final(self, final: Final):
@@ -362,7 +390,7 @@ class NvasrListenSTTService(ListenSessionMixin, WebsocketSTTService):
         if final.text:
             # Usage before the transcript, so tracing can attach it to the span it closes.
             await self.emit_stt_usage_metrics()
-            language = self._language()
+            language = self._language(final)
             user_id = self._speaker_user_id(final)
             await self.push_frame(TranscriptionFrame(final.text, user_id, time_now_iso8601(), language, result=final))
             await self._trace_transcription(final.text, True, language)

@@ -10,6 +10,10 @@ worker answers within one model step with the utterance's final, which Pipecat m
         api_key=os.environ["NVASR_TOKEN"],
         settings=NemotronSTTService.Settings(boost_phrases=["Pipecat", ("Daily", 2.0)]),
     )
+
+On a Nemotron 3.5 (multilingual) worker, pass `languages=NEMOTRON_35_LANGUAGES` and any
+`settings.language`; `STTUpdateSettingsFrame(language=...)` then switches in the same session, and
+`TranscriptionFrame.language` is the language the worker transcribed (detected, with `auto`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ from ._listen_service import NvasrListenSettings, NvasrListenSTTService
 # finalize mode, tiny model on a loaded 2-core CPU; tests/test_ttfs_metadata.py keeps them equal).
 # Pipecat waits this long for a final only when none arrived; pass your deployment's figure.
 NEMOTRON_TTFS_P99 = 1.55
+
+# Base codes Nemotron 3.5 ASR (`nvidia/nemotron-3.5-asr-streaming-0.6b`) transcribes, and `auto`:
+# pass as `languages=` to a service on that worker (the default, ("en",), refuses the others).
+NEMOTRON_35_LANGUAGES = (
+    "en", "es", "de", "fr", "it", "pt", "nl", "ar", "ja", "ko", "ru", "hi", "zh", "vi", "he", "cs", "da", "pl",
+    "nb", "nn", "no", "sv", "th", "tr", "bg", "el", "et", "fi", "hr", "hu", "lt", "lv", "ro", "sk", "uk", "mt",
+    "sl", "auto",
+)
 
 
 @dataclass

@@ -80,7 +80,11 @@ class BoostPhrase:
 
 @dataclass
 class Configure:
-    boost: list[BoostPhrase] = field(default_factory=list)
+    """`boost` None: the key phrases stay as they are (a configure with only a `language`).
+    `language`: a new language for the session from its next chunk (prompt-conditioned models)."""
+
+    boost: Optional[list[BoostPhrase]] = field(default_factory=list)
+    language: Optional[str] = None
     type: str = "configure"
 
 
@@ -143,7 +147,12 @@ def parse_client_message(text: str) -> ClientMessage:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "text frames must be JSON objects")
     kind = data.get("type")
     if kind == "configure":
-        return Configure(boost=_parse_boost(data.get("boost")))
+        language = data.get("language")
+        if language is not None and (not isinstance(language, str) or not 0 < len(language.strip()) <= 35):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "'language' must be a BCP-47 tag such as 'es' or 'es-ES'")
+        if language is not None and "boost" not in data:
+            return Configure(boost=None, language=language.strip())  # the key phrases stay
+        return Configure(boost=_parse_boost(data.get("boost")), language=language and language.strip())
     if kind == "finalize":
         return Finalize()
     if kind == "close":
@@ -167,6 +176,10 @@ class Ready:
     keepalive: bool = False  # the worker takes `{"type": "keepalive"}`
     idle_timeout: Optional[float] = None  # seconds without a client frame before `timeout`
     max_buffer_s: Optional[float] = None  # audio ahead of transcription before `overloaded`
+    # the session's locale, on workers whose model takes a language per session (Nemotron 3.5);
+    # such a worker also takes `configure` with a `language` mid-stream
+    language: Optional[str] = None
+    languages: Optional[list[str]] = None  # the locales it serves (with "auto" where it can detect)
     type: str = "ready"
 
 
@@ -186,6 +199,7 @@ class Partial:
     start: float
     end: float
     speaker: Optional[str] = None
+    language: Optional[str] = None  # the locale (requested, or detected in auto mode); multilingual models
     type: str = "partial"
 
 
@@ -199,6 +213,7 @@ class Final:
     end_of_turn: bool = False
     backchannel: bool = False
     speaker: Optional[str] = None
+    language: Optional[str] = None  # the locale (requested, or detected in auto mode); multilingual models
     type: str = "final"
 
 

@@ -1,6 +1,7 @@
 """`nvasr`: run a worker locally, or stream a file to one.
 
     nvasr serve nemotron --model nvidia/nemotron-speech-streaming-en-0.6b --device cuda
+    nvasr serve nemotron --model nvidia/nemotron-3.5-asr-streaming-0.6b --device cuda   # 40 languages
     nvasr stream speech.wav --url ws://127.0.0.1:8000 --token ...
 
 The CLI only turns flags into configs; the workers live in services/.
@@ -112,7 +113,7 @@ async def _stream(args) -> int:
     samples = read_audio(args.file, 16000)
     pcm = (samples.clip(-1, 1) * 32767).astype("<i2").tobytes()
     token = args.token or os.environ.get("NVASR_TOKEN")
-    async with ListenClient(args.url, token=token) as client:
+    async with ListenClient(args.url, token=token, language=args.language) as client:
         print(f"# {client.ready.model} chunk={client.ready.chunk_ms}ms session={client.ready.session_id}")
         sender = asyncio.create_task(stream_pcm(client, pcm, realtime=not args.fast))
         status = 0
@@ -121,7 +122,8 @@ async def _stream(args) -> int:
                 print(f"  … {_speaker(event)}{event.text}", flush=True)
             elif isinstance(event, Final) and event.text:
                 flags = " [end of turn]" if event.end_of_turn else " [backchannel]" if event.backchannel else ""
-                print(f"[{event.start:7.2f}-{event.end:7.2f}] {_speaker(event)}{event.text}{flags}", flush=True)
+                lang = f" [{event.language}]" if event.language else ""
+                print(f"[{event.start:7.2f}-{event.end:7.2f}] {_speaker(event)}{event.text}{flags}{lang}", flush=True)
             elif isinstance(event, Error):
                 print(f"error {event.code}: {event.message}", file=sys.stderr)
                 status = 1
@@ -280,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cuda-graphs", action="store_true",
                        help="NeMo's CUDA-graph greedy decoder, captured at warm-up at --max-batch (default off, "
                             "as in NeMo's reference streaming config; docs/gpu.md)")
-        p.add_argument("--chunk-ms", type=int, choices=[80, 160, 560, 1120])
+        p.add_argument("--chunk-ms", type=int, choices=[80, 160, 320, 560, 1120],
+                       help="chunk size; the model must be trained for it (320: Nemotron 3.5)")
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
         p.add_argument("--finalize-wait-ms", type=int,
@@ -298,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("file")
     stream.add_argument("--url", default="ws://127.0.0.1:8000")
     stream.add_argument("--token")
+    stream.add_argument("--language", default="en", help="BCP-47 (es, es-ES) or auto, on a multilingual worker")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible, not in real time")
     stream.add_argument("--quiet", action="store_true", help="finals only")
     stream.set_defaults(run=_run_stream)

@@ -13,6 +13,10 @@ random weights, for benchmarks and tests (no weights are downloadable here).
                           FF x4, no biases, no xscaling, [70,1] only; its 80 mels and the 640-wide
                           1-layer prediction net are the FastConformer-110M family's, not read
                           off this model's card. Served by parakeet-realtime it is the EOU class.
+    random:nemotron-3.5-0.6b  Nemotron 3.5 ASR's shape: nemotron-0.6b + a language prompt (128 one-hot
+                          prompts, its 40 locales + auto, NeMo's EncDecRNNTBPEModelWithPrompt) and a
+                          320 ms context [68,3]
+    random:tiny-multilingual  tiny + the tiny multilingual model's prompt (en-US, es-ES, de-DE, auto)
 
 The tokenizer is trained on the small word list in `tiny_model.WORDS`; SentencePiece stops
 short of a large requested vocabulary, so `nemotron-0.6b`'s joint is narrower than the real
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+
+from .languages import NEMOTRON_35_LOCALES
 
 PREFIX = "random:"
 
@@ -42,6 +48,16 @@ ARCHS: dict[str, dict] = {
         pred_hidden=640, pred_rnn_layers=1, n_mels=80, vocab=1024, use_bias=False, xscaling=False,
         att_context_size=[[70, 1]],
     ),
+    # Nemotron 3.5 ASR: the same, plus the one-hot language prompt (128 prompts, its 40 locales + auto)
+    # through a prompt kernel on the encoder output, and 320 ms chunks
+    "nemotron-3.5-0.6b": dict(
+        d_model=1024, n_layers=24, n_heads=8, ff_expansion_factor=4, subsampling_conv_channels=256,
+        pred_hidden=640, pred_rnn_layers=2, n_mels=128, vocab=1024, prompts=NEMOTRON_35_LOCALES,
+        att_context_size=[[70, 13], [70, 6], [68, 3], [70, 1], [70, 0]],
+    ),
+    # the tests' random multilingual model: tiny's shape with the prompt of the tiny multilingual model
+    "tiny-multilingual": dict(d_model=64, n_layers=2, n_heads=2, vocab=64, prompts=("en-US", "es-ES", "de-DE", "auto"),
+                              num_prompts=16, att_context_size=[[70, 6], [68, 3], [70, 1], [70, 0]]),
 }
 
 _tokenizers: dict[tuple[str, bool], Path] = {}

@@ -99,12 +99,13 @@ def _utterance_bounds(cfg: StreamingConfig) -> dict:
 
 
 def _cache_aware(cfg: StreamingConfig, model: str) -> StreamingAdapter:
+    from .adapters.multilingual import MultilingualRNNTAdapter, takes_prompt
     from .adapters.vectorised import VectorisedRNNTAdapter
 
-    return VectorisedRNNTAdapter(model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["nemotron"],
-                                 max_streams=cfg.max_sessions, device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp,
-                                 boosting=cfg.boosting, cuda_graphs=cfg.cuda_graphs,
-                                 **_utterance_bounds(cfg))
+    cls = MultilingualRNNTAdapter if takes_prompt(model) else VectorisedRNNTAdapter
+    return cls(model, chunk_ms=cfg.chunk_ms or DEFAULT_CHUNK_MS["nemotron"], max_streams=cfg.max_sessions,
+               device=cfg.device, dtype=_dtype(cfg), amp=cfg.amp, boosting=cfg.boosting, cuda_graphs=cfg.cuda_graphs,
+               **_utterance_bounds(cfg))
 
 
 def _eou(cfg: StreamingConfig, model: str) -> StreamingAdapter:

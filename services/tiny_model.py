@@ -223,17 +223,26 @@ def model_class(eou: bool = False, hybrid: bool = False):
 
 
 def build_model(
-    tokenizer_dir: str | Path, seed: int = 0, eou: bool = False, **config_kwargs
+    tokenizer_dir: str | Path, seed: int = 0, eou: bool = False, prompts: Optional[tuple[str, ...]] = None,
+    num_prompts: int = 128, **config_kwargs
 ):
-    """Instantiate a random-weight model (RNNT, or the EOU variant) in eval mode."""
+    """Instantiate a random-weight model (RNNT, or the EOU variant) in eval mode.
+
+    `prompts`: locales of a language-prompted model (NeMo's EncDecRNNTBPEModelWithPrompt, as
+    Nemotron 3.5 ASR), prompt index = position."""
     import torch
     from omegaconf import OmegaConf
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cls = model_class(eou, config_kwargs.get("hybrid", False))
     torch.manual_seed(seed)
-    cfg = OmegaConf.create(model_config(tokenizer_dir, eou=eou, **config_kwargs))
-    model = cls(cfg=cfg)
+    cfg = model_config(tokenizer_dir, eou=eou, **config_kwargs)
+    if prompts:
+        from nemo.collections.asr.models.rnnt_bpe_models_prompt import EncDecRNNTBPEModelWithPrompt as cls
+
+        cfg["model_defaults"].update(num_prompts=num_prompts, prompt_dictionary={p: i for i, p in enumerate(prompts)},
+                                     initialize_prompt_feature=True)
+    model = cls(cfg=OmegaConf.create(cfg))
     return model.eval()
 
 

@@ -24,6 +24,8 @@ def deploy(tiny_rnnt, tiny_eou, monkeypatch_module):
     monkeypatch_module.setenv("NVASR_REALTIME_SESSIONS", "16")
     monkeypatch_module.setenv("NVASR_DEVICE", "cpu")
     monkeypatch_module.setenv("NVASR_NEMOTRON_SESSIONS", "16")
+    monkeypatch_module.setenv("NVASR_NEMOTRON35_MODEL", str(Path(__file__).parent / "assets" / "tiny_multilingual.nemo"))
+    monkeypatch_module.setenv("NVASR_NEMOTRON35_SESSIONS", "8")
     asr, diar = multitalker_models()
     monkeypatch_module.setenv("NVASR_MULTITALKER_MODEL", asr)
     monkeypatch_module.setenv("NVASR_MULTITALKER_DIAR_MODEL", diar)
@@ -66,6 +68,20 @@ async def test_nemotron_class_serves_the_streaming_app(deploy):
             events = [e async for e in client.events()]
             await sender
     assert isinstance(events[-1], Closed) and any(isinstance(e, Final) for e in events)
+
+
+async def test_nemotron35_class_serves_languages_per_session(deploy):
+    """The multilingual class: its engine runs the prompt adapter, and a Spanish session is one."""
+    asgi = await asyncio.to_thread(lambda: deploy.Nemotron35().web.local())
+    assert asgi.state.engine.adapter.__class__.__name__ == "MultilingualRNNTAdapter"
+    with LiveServer(asgi) as srv:
+        async with ListenClient(srv.ws, token=TOKEN, language="es") as client:
+            assert client.ready.language == "es-ES" and "auto" in client.ready.languages
+            sender = asyncio.create_task(stream_pcm(client, to_pcm16(noise_audio(5, 1.0)), realtime=False))
+            events = [e async for e in client.events()]
+            await sender
+    assert isinstance(events[-1], Closed)
+    assert all(e.language == "es-ES" for e in events if isinstance(e, Final) and e.text)
 
 
 async def test_parakeet_realtime_class_serves_the_eou_worker(deploy):

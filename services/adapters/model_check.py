@@ -13,7 +13,7 @@ import os
 from ..refusal import StartupRefusal
 
 # chunk (ms) → att_context_size [left, right] in encoder frames (80 ms each)
-CHUNK_CONTEXTS = {80: [70, 0], 160: [70, 1], 560: [70, 6], 1120: [70, 13]}
+CHUNK_CONTEXTS = {80: [70, 0], 160: [70, 1], 320: [68, 3], 560: [70, 6], 1120: [70, 13]}
 
 
 def _name(model_name: str) -> str:

@@ -8,6 +8,19 @@ from __future__ import annotations
 from .model_check import CHUNK_CONTEXTS  # noqa: F401  (re-exported)  # chunk ms → att_context_size [left, right]
 
 
+def served_context(trained: list, wanted: list) -> list:
+    """`wanted`, or the model's own context with the same look-ahead (chunk size) if it has another
+    left context (320 ms: chunked_limited attention needs left % (right + 1) == 0, so no [70, 3])."""
+    trained = [list(c) for c in trained]
+    if list(wanted) in trained:
+        return list(wanted)
+    same = [c for c in trained if c[1] == wanted[1]]
+    if not same:
+        chunks = sorted(80 * (c[1] + 1) for c in trained)
+        raise ValueError(f"the model was not trained for {80 * (wanted[1] + 1)} ms chunks; it takes {chunks} ms")
+    return same[0]
+
+
 def pipeline_config(
     model: str,
     chunk_ms: int,

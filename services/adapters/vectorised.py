@@ -32,7 +32,7 @@ from pipecat_nvasr.protocol import Final
 
 from ..engine.adapter import StepItem, StreamingAdapter
 from .boosting import Boosting
-from .streaming_config import pipeline_config
+from .streaming_config import pipeline_config, served_context
 from .utterance_events import Prepared, UtteranceEvents
 
 
@@ -115,7 +115,9 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         self.compute_dtype = w.compute_dtype
 
         # streaming geometry: NeMo's CacheAwareRNNTPipeline.init_parameters, same expressions
-        w.set_default_att_context_size(att_context_size=cfg.streaming.att_context_size)
+        context = served_context(w.asr_model.encoder.att_context_size_all, list(cfg.streaming.att_context_size))
+        cfg.streaming.att_context_size = context
+        w.set_default_att_context_size(att_context_size=context)
         pre_encode = w.get_pre_encode_cache_size()
         model_chunk = w.get_chunk_size()
         model_chunk = model_chunk[1] if isinstance(model_chunk, list) else model_chunk
@@ -347,7 +349,8 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         these step items (multitalker: speaker targets)."""
 
     def _after_encoder(self, encoded, items: np.ndarray):
-        """The encoder output of rows `items` as the decoder should see it (prompted models)."""
+        """The encoder output [B, D, T] of the rows (these step items) as the decoder gets it
+        (multilingual: the language prompt is applied here, as in NeMo's prompt models)."""
         return encoded
 
     def _mark(self, item: StepItem, final: Final, marker: int, now: float, plan: Prepared) -> None:

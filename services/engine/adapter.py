@@ -41,6 +41,9 @@ class StepItem:
     is_last: bool
     boost: Optional[list[BoostPhrase]] = None
     end_utterance: bool = False
+    # the stream's model locale (prompt-conditioned models), given like `boost`: on the first item
+    # and whenever the client changes it (None: unchanged); the adapter applies it from this chunk
+    language: Optional[str] = None
 
 
 @dataclass
@@ -76,6 +79,9 @@ class StreamingAdapter(ABC):
     chunk_samples: int
     max_streams: int
     languages: tuple[str, ...] = ("en",)  # ISO 639-1 codes the model transcribes
+    # locales a prompt-conditioned model takes per stream (its prompt dictionary, maybe with
+    # "auto"); empty: the model has no language prompt (see services/languages.py)
+    locales: tuple[str, ...] = ()
     # Called with each end-of-utterance latency (seconds of stream time) by adapters whose
     # model ends utterances itself (parakeet-realtime); the worker points it at /metrics.
     on_eou: Optional[Callable[[float], None]] = None

@@ -126,6 +126,10 @@ class EngineCore:
         return self.adapter.languages
 
     @property
+    def locales(self) -> tuple[str, ...]:
+        return self.adapter.locales
+
+    @property
     def chunk_ms(self) -> int:
         return self.adapter.chunk_ms
 

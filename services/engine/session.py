@@ -34,6 +34,8 @@ class Session:
         self.outbox = Outbox()  # of Outgoing; pending partials coalesce
         self._boost: list[BoostPhrase] = []
         self._boost_changed = False
+        self._language: Optional[str] = None  # model locale now (prompt-conditioned models)
+        self._languages: deque[tuple[int, str]] = deque()  # (session sample it applies from, locale)
         self.last_step = -1  # engine step that last served this session: oldest first
         self.audio_seconds = 0.0
 
@@ -64,6 +66,17 @@ class Session:
         """Key phrases; they reach the model with this session's next chunk."""
         self._boost = list(phrases)
         self._boost_changed = True
+
+    @property
+    def language(self) -> Optional[str]:
+        """The locale last asked for (it may not have reached the model yet)."""
+        return self._languages[-1][1] if self._languages else self._language
+
+    @language.setter
+    def language(self, locale: str) -> None:
+        """A model locale for the audio received from now on: it reaches the model with the first
+        chunk that holds any of that audio (same stream, no audio lost)."""
+        self._languages.append((self._received, locale))
 
     def append(self, samples: np.ndarray) -> None:
         if self._closing:
@@ -160,6 +173,11 @@ class Session:
             samples = np.concatenate([samples, np.zeros(pad, dtype=np.float32)])
         boost = list(self._boost) if is_first or self._boost_changed else None
         self._boost_changed = False
+        changed = False
+        while self._languages and self._languages[0][0] <= self._consumed + max(take - 1, 0):
+            self._language = self._languages.popleft()[1]
+            changed = True
+        language = self._language if is_first or changed else None
         self._consumed += take
         self._model_samples += len(samples)
         self.audio_seconds += take / self.sample_rate
@@ -170,6 +188,7 @@ class Session:
             is_last=is_last,
             boost=boost,
             end_utterance=end_utterance,
+            language=language,
         )
 
     def _take(self, n: int) -> np.ndarray:

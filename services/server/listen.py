@@ -40,6 +40,7 @@ from pipecat_nvasr.protocol import (
 )
 
 from ..errors import Overloaded, Unavailable
+from ..languages import refusal, resolve_locale
 from .auth import accepted_subprotocol, is_authorized
 from .limits import TokenBucket
 from .metrics import Metrics
@@ -242,7 +243,13 @@ async def serve_listen(
         return
     language = ws.query_params.get("language", "en")
     languages = getattr(backend, "languages", None)
-    if languages and language.split("-")[0].lower() not in languages:
+    locales = getattr(backend, "locales", ())
+    locale = resolve_locale(language, locales) if locales else None
+    if locales and locale is None:
+        await _send_error(ws, metrics, ErrorCode.BAD_MESSAGE, refusal(language, backend.model_name, locales),
+                          CloseCode.UNSUPPORTED)
+        return
+    if not locales and languages and language.split("-")[0].lower() not in languages:
         await _send_error(
             ws, metrics, ErrorCode.BAD_MESSAGE,
             f"language {language!r} is not supported by {backend.model_name}; use one of {list(languages)}",
@@ -270,6 +277,9 @@ async def serve_listen(
     ready = Ready(session.id, backend.model_name, backend.sample_rate, backend.chunk_ms, keepalive=True,
                   idle_timeout=state.settings.idle_timeout,
                   max_buffer_s=max_buffer / backend.sample_rate if max_buffer else None)
+    if locale is not None:
+        session.language = locale
+        ready.language, ready.languages = locale, list(locales)
     try:
         await ws.send_text(dump(ready))
         sender = asyncio.create_task(_send_outbox(conn, metrics))
@@ -347,17 +357,21 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
         if isinstance(command, KeepAlive):
             continue  # `last_rx` above is all it is for
         if isinstance(command, Configure):
-            if conn.configure_budget.take():
+            if command.language is not None and not _configure_language(conn, command.language):
+                await _send_error(ws, metrics, ErrorCode.BAD_MESSAGE, _language_refusal(backend, command.language))
+                continue  # nothing of this configure applies; the session goes on as it was
+            if command.boost is not None:
+                if not conn.configure_budget.take():
+                    s = conn.configure_budget
+                    await _send_error(ws, metrics, ErrorCode.RATE_LIMITED, (
+                        f"configure ignored: at most {s.burst} in a row, then {s.per_second:g} per second; "
+                        f"the next is accepted in {s.wait_s():.1f} s (the previous boost list still applies)"))
+                    continue
                 configure = getattr(conn.backend, "configure", None)
                 if configure is not None:
                     await configure(session, command.boost)  # compiles the phrases off the inference thread
                 else:
                     session.boost = command.boost
-            else:
-                s = conn.configure_budget
-                await _send_error(ws, metrics, ErrorCode.RATE_LIMITED, (
-                    f"configure ignored: at most {s.burst} in a row, then {s.per_second:g} per second; "
-                    f"the next is accepted in {s.wait_s():.1f} s (the previous boost list still applies)"))
         elif isinstance(command, (Finalize, Close)):
             if session.closing:
                 continue  # the worker is already flushing this session (a drain)
@@ -372,6 +386,23 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
                 conn.client_closed = True
                 backend.close(session)
                 return True
+
+
+def _configure_language(conn: _Connection, requested: str) -> bool:
+    """A mid-stream language change: from the session's next chunk, same session and stream."""
+    locales = getattr(conn.backend, "locales", ())
+    locale = resolve_locale(requested, locales) if locales else None
+    if locale is None:
+        return False
+    conn.session.language = locale
+    return True
+
+
+def _language_refusal(backend, requested: str) -> str:
+    locales = getattr(backend, "locales", ())
+    if not locales:
+        return f"{backend.model_name} takes no language per session; 'language' in configure needs a multilingual model"
+    return refusal(requested, backend.model_name, locales)
 
 
 async def _send_outbox(conn: _Connection, metrics: Metrics) -> None:

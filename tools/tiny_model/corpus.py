@@ -28,9 +28,12 @@ VARIANTS = ["", "+m3", "+f2", "+f4"]
 PAUSE = (0.12, 0.3)  # mid-sentence pause (s): no <EOU> there
 
 
-def synth(text: str, r: random.Random) -> np.ndarray:
-    """espeak-ng speech for `text` at 16 kHz, random voice/variant/speed/pitch, edge silence trimmed."""
-    voice = r.choice(VOICES) + r.choice(VARIANTS)
+def synth(text: str, r: random.Random, voices: list[str] | None = None) -> np.ndarray:
+    """espeak-ng speech for `text` at 16 kHz, random voice/variant/speed/pitch, edge silence trimmed.
+
+    `voices`: espeak voice names to draw from (default: the English VOICES).
+    """
+    voice = r.choice(voices or VOICES) + r.choice(VARIANTS)
     cmd = ["espeak-ng", "-v", voice, "-s", str(r.randint(135, 195)), "-p", str(r.randint(30, 70)),
            "--stdout", text]
     raw = subprocess.run(cmd, capture_output=True, check=True).stdout
@@ -40,7 +43,8 @@ def synth(text: str, r: random.Random) -> np.ndarray:
     return x[loud[0]: loud[-1] + 1]
 
 
-def render(parts: list[tuple[float, str]], tail: float, seed: int, path: Path, paused: bool = False) -> dict:
+def render(parts: list[tuple[float, str]], tail: float, seed: int, path: Path, paused: bool = False,
+           voices: list[str] | None = None) -> dict:
     """Write one clip: for each (silence_before, text) the silence then the speech, then `tail` s.
 
     `paused`: the parts are one utterance cut by mid-sentence pauses, so only the last ends the turn.
@@ -50,7 +54,7 @@ def render(parts: list[tuple[float, str]], tail: float, seed: int, path: Path, p
     r = random.Random(seed)
     pieces, segments, t = [], [], 0.0
     for gap, text in parts:
-        speech = synth(text, r) * r.uniform(0.5, 1.0)
+        speech = synth(text, r, voices) * r.uniform(0.5, 1.0)
         pieces += [np.zeros(int(gap * SR), np.float32), speech]
         t += int(gap * SR) / SR
         segments.append([round(t, 4), round(t + len(speech) / SR, 4), text])

@@ -24,9 +24,13 @@ TOKENIZER_OPTIONS = dict(unk_id=0, pad_id=-1, num_threads=2, split_digits=False,
 OPTIM = {"name": "adamw", "lr": 2e-3, "betas": [0.9, 0.98], "weight_decay": 1e-3}
 
 
-def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int) -> Path:
-    """SentencePiece BPE on the training sentences -> out_dir/tokenizer.model (+ vocab.txt for NeMo)."""
-    return builder.train_tokenizer(out_dir, vocab_size, texts=texts, **TOKENIZER_OPTIONS)
+def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, user_symbols: tuple[str, ...] = ()) -> Path:
+    """SentencePiece BPE on the training sentences -> out_dir/tokenizer.model (+ vocab.txt for NeMo).
+
+    `user_symbols`: pieces kept whole (e.g. a multilingual model's language tags).
+    """
+    return builder.train_tokenizer(out_dir, vocab_size, texts=texts, user_defined_symbols=list(user_symbols),
+                                   **TOKENIZER_OPTIONS)
 
 
 def eou_tokenizer(src_dir: Path, out_dir: Path) -> Path:
