@@ -56,10 +56,10 @@ def test_five_minutes_without_a_pause_come_out_in_bounded_utterances(worker, tra
                                            endpoint_silence_ms=0))
     audio = unbroken_speech(heldout, 300.0)
     finals, partial_bytes = stream(adapter, audio)
-    ends = [0.0] + [f.end for f in finals if f.text]
-    gaps = np.diff(ends)
-    assert len(finals) >= 300 / MAX_S - 1
-    assert gaps.max() <= MAX_S + 1.0, gaps.max()  # a cut lands before the word that crosses the limit
+    spans = [f.end - f.start for f in finals if f.text]
+    assert len(spans) >= 0.8 * 300 / MAX_S
+    # no utterance runs past the limit: a cut lands before the word that crosses it
+    assert max(spans) <= MAX_S + 1.0, max(spans)
     assert partial_bytes < 4096
     assert len(words(finals)) > 300  # speech all the way through, not one stuck utterance
 

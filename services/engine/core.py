@@ -338,6 +338,9 @@ class EngineCore:
                 self.steps += 1
                 try:
                     result = await loop.run_in_executor(self._thread, self._step, items, releases)
+                except asyncio.CancelledError:  # stopped mid-step: what it was to free is freed by stop()
+                    self._releases = releases + self._releases  # (release is idempotent)
+                    raise
                 except Exception:  # not the model (it is isolated in _step): keep the loop alive
                     logger.exception("engine step failed outside the model")
                     result = _StepResult(failed={item.stream_id: RuntimeError("engine") for item in items})
