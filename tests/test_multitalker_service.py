@@ -43,8 +43,9 @@ def worker():
     from services.streaming_worker import StreamingConfig, create_streaming_app
 
     asr, diar = multitalker_models()
+    # these tests send paced audio faster than real time; the backlog cap is not what they test
     app = create_streaming_app(StreamingConfig(worker="multitalker", model=asr, diar_model=diar, token=TOKEN,
-                                               max_sessions=4))
+                                               max_sessions=4, max_buffer_seconds=60))
     with LiveServer(app) as server:
         server.app = app
         yield server

@@ -78,9 +78,9 @@ def _serve(*args: str) -> subprocess.CompletedProcess:
     (["nemotron", "--model", str(ASSETS / "tiny_sortformer.nemo"), "--device", "cpu"],
      "nvasr: the nemotron worker needs a cache-aware RNNT ASR model (EncDecRNNTBPEModel or a subclass); "
      "tiny_sortformer.nemo is a SortformerEncLabelModel"),
-    (["nemotron", "--model", str(ASSETS / "tiny_rnnt.nemo"), "--device", "cpu", "--chunk-ms", "80"],
-     "nvasr: --chunk-ms 80 needs att_context_size [70,0]; tiny_rnnt.nemo was trained for [70,6]/[70,1] only "
-     "(chunks: 160 ms, 560 ms)"),
+    (["nemotron", "--model", str(ASSETS / "tiny_rnnt.nemo"), "--device", "cpu", "--chunk-ms", "1120"],
+     "nvasr: --chunk-ms 1120 needs att_context_size [70,13]; tiny_rnnt.nemo was trained for [70,6]/[70,1]/[70,0] "
+     "only (chunks: 80 ms, 160 ms, 560 ms)"),
 ])
 def test_nvasr_serve_refuses_in_one_line(args, expected):
     done = _serve(*args)
