@@ -2,7 +2,7 @@
 
     python benchmarks/ttfs.py --json benchmarks/results/ttfs.json
     python benchmarks/ttfs.py --services nemotron,parakeet-realtime --chunk-ms 160 \
-        --mode "one-chunk-wait=" --mode "no-wait=--finalize-wait-ms 0"
+        --mode "one-chunk-wait=--finalize wait" --mode "fork=" --mode "no-wait=--finalize wait --finalize-wait-ms 0"
 
 The harness of pipecat-ai/stt-benchmark, with our services and workers: a synthetic input
 transport plays each clip in real time as 20 ms `InputAudioRawFrame`s (then silence), a
@@ -17,7 +17,8 @@ pause sets with a finalize at every VAD stop, and on the pause sets with no fina
 (the baseline for what finalizing at pauses costs).
 
 Each `--mode LABEL=FLAGS` is a worker started with those extra flags (the first is the
-baseline; a later finalize mode plugs in as one more). Per service, chunk and mode: one
+baseline: the old one-chunk wait; `fork=` is the workers' default, a finalize from a forked
+tail). Per service, chunk and mode: one
 worker process (`nvasr serve`), one stream at a time, as stt-benchmark's default. Services:
 `nemotron`, `parakeet-realtime` (finalize on the VAD stop), `parakeet-realtime-eou` (no
 finalize: the model's own `<EOU>` ends the turn; TTFS to that final), `multitalker`.
@@ -50,7 +51,7 @@ RESULTS = ROOT / "benchmarks/results/ttfs-160.json"  # the run the services' ttf
 FRAME_MS = 20
 RATE = 16000
 VAD_STOP_SECS = 0.2
-DEFAULT_MODES = ["one-chunk-wait=", "no-wait=--finalize-wait-ms 0"]
+DEFAULT_MODES = ["one-chunk-wait=--finalize wait", "fork="]
 SERVICES = {  # name: (worker kind, model, more worker flags, finalize on VAD stop)
     "nemotron": ("nemotron", ASSETS / "tiny_rnnt.nemo", [], True),
     "parakeet-realtime": ("parakeet-realtime", ASSETS / "tiny_eou.nemo", [], True),

@@ -68,6 +68,7 @@ def streaming_config(args):
         device=args.device,
         dtype=args.dtype,
         chunk_ms=args.chunk_ms,
+        finalize=args.finalize,
         finalize_wait_ms=args.finalize_wait_ms,
         max_sessions=args.max_sessions,
         max_batch=args.max_batch,
@@ -286,8 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="chunk size; the model must be trained for it (320: Nemotron 3.5)")
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
+        p.add_argument("--finalize", choices=["fork", "wait"], default="fork",
+                       help="fork (default): answer a finalize at the next step from a forked tail of the stream; "
+                            "wait: step the chunk holding it once it fills (see --finalize-wait-ms)")
         p.add_argument("--finalize-wait-ms", type=int,
-                       help="how long a finalize waits for its chunk to fill before zero-padding it (default: one chunk)")
+                       help="with --finalize wait: how long a finalize waits for its chunk to fill before "
+                            "zero-padding it (default: one chunk)")
         p.add_argument("--admit-lag-ms", type=float, default=500, help="refuse new sessions while the engine runs this far behind (0: no admission control or shedding)")
         p.add_argument("--idle-timeout", type=float, default=60, help="end sessions that send nothing this many seconds (0: never)")
         p.add_argument("--ws", default="auto", choices=["auto", "websockets", "websockets-sansio", "wsproto"],

@@ -62,8 +62,11 @@ class StreamingConfig:
     admit_lag_ms: Optional[float] = 500.0  # refuse new sessions while the engine lags more (None: off)
     shed_lag_s: Optional[float] = 2.0  # most sessions this far behind → the newest are ended (None: off)
     idle_timeout_s: Optional[float] = 60.0  # no frame from a client this long → `timeout`, 4408
-    # how long a finalize waits for the chunk holding the VAD stop to fill (None: one chunk);
-    # 0 pads the tail with zeros at once (lowest latency; a VAD stop inside a word cuts it)
+    # "fork": a finalize is answered at the next step from a forked tail (the partial chunk on a
+    # copy of the stream's state; the stream itself is untouched); "wait": the chunk holding the
+    # VAD stop is stepped once it fills, or after `finalize_wait_ms` (None: one chunk; 0 pads the
+    # tail with zeros at once). Workers whose adapter cannot fork (multitalker) wait.
+    finalize: str = "fork"
     finalize_wait_ms: Optional[int] = None
     token: Optional[str] = None
     warmup: bool = True
@@ -77,6 +80,8 @@ class StreamingConfig:
 
     def __post_init__(self) -> None:
         self.device = str(parse_device(self.device))
+        if self.finalize not in ("fork", "wait"):
+            raise ValueError(f"finalize must be 'fork' or 'wait', not {self.finalize!r}")
 
     @property
     def model_id(self) -> str:
@@ -186,6 +191,7 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         max_batch=cfg.max_batch,
         max_buffer_seconds=cfg.max_buffer_seconds,
         finalize_wait=None if cfg.finalize_wait_ms is None else cfg.finalize_wait_ms / 1000,
+        fork_finalize=cfg.finalize == "fork",
         on_step=metrics.observe_step,
         admit_lag=cfg.admit_lag_ms / 1000 if cfg.admit_lag_ms is not None else None,
         shed_lag=cfg.shed_lag_s,

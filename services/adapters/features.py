@@ -11,6 +11,8 @@ zero fill the encoder saw in training (see `CacheAwareRNNTAdapter._pad_stream_st
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .slots import SlotStore
@@ -31,8 +33,9 @@ class FeatureFrontend:
     def step(self, store: SlotStore, idx: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor):
         """Features of one chunk per row (`audio` [B, chunk], zero-padded past `valid` samples);
         returns each row's whole feature buffer [B, F, T], its right padding in frames, and the
-        `commit` that stores the rows' new buffers and audio look-back (called once the whole
-        step succeeded, so a failed step leaves them as they were)."""
+        `commit(rows=None)` that stores the rows' (or only batch rows `rows`') new buffers and
+        audio look-back (called once the whole step succeeded, so a failed step leaves them as
+        they were; a forked row is never stored)."""
         signal = torch.cat([store.audio_tail.index_select(0, idx), audio], dim=1)
         length = signal.shape[1] - (self.chunk_samples - valid)
         features, feature_len = self.preprocessor(input_signal=signal, length=length)
@@ -44,8 +47,12 @@ class FeatureFrontend:
         buffers = torch.cat([old[:, :, self.chunk_frames:], features[:, :, -self.chunk_frames:]], dim=2)
         tail = audio[:, -self.lookback:]
 
-        def commit() -> None:
-            store.features.index_copy_(0, idx, buffers)
-            store.audio_tail.index_copy_(0, idx, tail)
+        def commit(rows: Optional[torch.Tensor] = None) -> None:
+            if rows is None:
+                store.features.index_copy_(0, idx, buffers)
+                store.audio_tail.index_copy_(0, idx, tail)
+            else:
+                store.features.index_copy_(0, idx[rows], buffers[rows])
+                store.audio_tail.index_copy_(0, idx[rows], tail[rows])
 
         return buffers[:, :, -self.buffer_frames:], right_pad, commit

@@ -72,6 +72,21 @@ class BatchedGreedy:
         return lengths, tokens, frames, confidence, state
 
 
+def select_rows(state, rows: torch.Tensor):
+    """The decoding state of batch rows `rows` (index tensor): what a step stores when some of
+    its rows are forks, whose state is never stored."""
+    from dataclasses import replace
+
+    return replace(
+        state,
+        predictor_states=type(state.predictor_states)(s.index_select(1, rows) for s in state.predictor_states),
+        predictor_outputs=state.predictor_outputs.index_select(0, rows),
+        labels=state.labels.index_select(0, rows),
+        decoded_lengths=state.decoded_lengths.index_select(0, rows),
+        fusion_states_list=[f.index_select(0, rows) for f in state.fusion_states_list],
+    )
+
+
 def _first_rows(state, rows: int):
     """The decoding state of the step's `rows` only (NeMo's graph path pads it to its allocation)."""
     if state.labels.shape[0] == rows:

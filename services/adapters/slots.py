@@ -53,6 +53,8 @@ class SlotStore:
         self.utt_tokens = np.zeros(num_slots, np.int64)  # tokens in the utterance so far
         self.split = np.zeros(num_slots, bool)  # a finalize split the text, the decoder kept its state
         self.bias_id = np.full(num_slots, -1, np.int64)  # NeMo multi-biasing model id, -1: none
+        # tokens before this stream frame belong to an utterance a forked finalize already ended
+        self.drop_before = np.zeros(num_slots, np.int64)
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -89,6 +91,7 @@ class SlotStore:
         self.utt_start[slot] = 0.0
         self.split[slot] = False
         self.bias_id[slot] = -1
+        self.drop_before[slot] = 0
         self._free.append(slot)
         return slot
 

@@ -34,6 +34,8 @@ class Prepared:
     last_rows: list = field(default_factory=list)  # batch rows that are their stream's last chunk
     ended: np.ndarray = None  # per item: the step ended its utterance
     marker: np.ndarray = None  # per item: 0 none, 1 <EOB>, 2 <EOU>
+    floor_done: set = field(default_factory=set)  # slots whose forked-split floor is passed
+    stored: Optional[np.ndarray] = None  # batch rows whose new state is stored (None: all; forks never)
     host_rows: dict = field(default_factory=dict)  # slot → (blank frames, utterance tokens) after the step
     device_writes: list = field(default_factory=list)  # callables storing device rows
     host: dict = field(default_factory=dict)  # SlotStore vector name → (slots, values)
@@ -66,9 +68,13 @@ class UtteranceEvents:
             keep = present & ~is_marker
         else:
             keep = present
-        count = keep.sum(axis=1)
         # blank frames since the last token: NeMo's per-frame labels (the frame's last token or blank)
         frame_in_chunk = np.where(keep, frames % self.frames_per_chunk, -1)
+        floor = store.drop_before[group_slots]
+        if floor.any():  # (tokens a fork's final holds already still end a blank run: they were said)
+            keep = keep.copy()
+            self._drop_forked(plan, group_slots, keep, tokens, frames, floor)
+        count = keep.sum(axis=1)
         last_frame = frame_in_chunk.max(axis=1) if width else np.full(len(rows), -1)
         silent = np.where(last_frame >= 0, self.frames_per_chunk - 1 - last_frame,
                           store.silent[group_slots] + self.frames_per_chunk)
@@ -90,6 +96,26 @@ class UtteranceEvents:
                 plan.deltas[slot] = delta(slot, new_tokens[start:end], new_frames[start:end], new_conf[start:end])
                 start = end
 
+    def _drop_forked(self, plan, group_slots, keep, tokens, frames, floor) -> None:
+        """A forked finalize ended these rows' utterance at stream frame `floor` from a copy of
+        the stream: the tokens the stream itself now writes before that frame are already in
+        that final, and so is the word it ended with (its remaining pieces, before the next
+        word starts). Neither goes into the next utterance: no word repeated at the split."""
+        store = self.store
+        stream_frames = frames + store.utt_offset[group_slots][:, None]
+        keep &= ~(stream_frames < floor[:, None])
+        for r in np.flatnonzero(floor > 0).tolist():
+            slot = int(group_slots[r])
+            started = store.utt_tokens[slot] > 0 or bool(self.text.tokens[slot])
+            if not started:
+                for c in np.flatnonzero(keep[r]).tolist():
+                    if self.text.word_start[int(tokens[r, c])]:
+                        started = True
+                        break
+                    keep[r, c] = False
+            if started and store.frames[slot] + self.frames_per_chunk >= floor[r]:
+                plan.floor_done.add(slot)  # past the split and into the next word: nothing more to drop
+
     def _events(self, plan: Prepared) -> None:
         """Each item's events and the state changes they imply: a final where the step ended the
         utterance (its decoder restarts); a cut final for an utterance past `max_utterance_s`
@@ -102,15 +128,20 @@ class UtteranceEvents:
         stepped[plan.batch] = plan.valid
         fresh_frames = np.zeros(n, np.int64)
         fresh_frames[plan.batch] = self.frames_per_chunk
+        forked = np.array([item.fork for item in items], bool)
+        stepped[forked], fresh_frames[forked] = 0, 0  # a fork moves nothing of its stream
         safe = np.where(slots >= 0, slots, 0)
         samples = store.samples[safe] + stepped
         frames = store.frames[safe] + fresh_frames
         utt_offset, utt_start = store.utt_offset[safe].copy(), store.utt_start[safe].copy()
         silent, utt_tokens = store.silent[safe].copy(), store.utt_tokens[safe].copy()
         split = store.split[safe].copy()
+        drop_before = store.drop_before[safe].copy()
         for i, slot in enumerate(slots.tolist()):
-            if slot in plan.host_rows:
+            if slot in plan.host_rows and not forked[i]:
                 silent[i], utt_tokens[i] = plan.host_rows[slot]
+            if slot in plan.floor_done and not forked[i]:
+                drop_before[i] = 0
         now_list = (samples / self.sample_rate).tolist()
         for i, item in enumerate(items):
             slot = int(slots[i])
@@ -125,6 +156,17 @@ class UtteranceEvents:
                     utt_start[i] = final.end
                     out.finals.append(final)
 
+            if item.fork:  # the utterance so far + the forked tail's tokens; the stream stays as it was
+                now = (store.samples[slot] + len(item.samples)) / self.sample_rate
+                final = self._final(self._utterance(slot, delta), now, utt_start[i])
+                emit(final)
+                if final is not None:
+                    self._mark(item, final, int(plan.marker[i]), now, plan)
+                plan.deltas.pop(slot, None)
+                plan.finished.append((slot, "clear", None))
+                utt_tokens[i], split[i] = 0, True
+                drop_before[i] = store.frames[slot] + -(-len(item.samples) * self.frames_per_chunk // self.chunk_samples)
+                continue
             if plan.ended[i]:
                 final = self._final(self._utterance(slot, delta), now, utt_start[i])
                 emit(final)
@@ -164,6 +206,7 @@ class UtteranceEvents:
             "samples": (rows, samples[live]), "frames": (rows, frames[live]), "utt_offset": (rows, utt_offset[live]),
             "utt_start": (rows, utt_start[live]), "silent": (rows, silent[live]),
             "utt_tokens": (rows, utt_tokens[live]), "split": (rows, split[live]),
+            "drop_before": (rows, drop_before[live]),
         })
 
     def _utterance(self, slot: int, delta) -> tuple[list, list, list]:

@@ -32,6 +32,7 @@ from pipecat_nvasr.protocol import Final
 
 from ..engine.adapter import StepItem, StreamingAdapter
 from .boosting import Boosting
+from .greedy import select_rows
 from .streaming_config import pipeline_config, served_context
 from .utterance_events import Prepared, UtteranceEvents
 
@@ -62,6 +63,7 @@ def _wrapper_class():
 
 class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
     eou_model = False  # `random:` specs build the EOU model class (the EOU subclass)
+    supports_fork = True
     _eou_id = -1
 
     worker = "the nemotron worker"  # named in start-up refusals
@@ -250,7 +252,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         fresh = store.free_slots(sum(1 for item in items if item.is_first))
         opened, boosts = [], {}
         batch, valid, last_rows = [], [], []
-        audio = self._audio
+        audio, chunk = self._audio, self.chunk_samples
         try:
             for i, item in enumerate(items):
                 if item.is_first:
@@ -266,7 +268,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
                     continue  # a finalize with no new audio: no model call, the utterance is only split
                 j = len(batch)
                 batch.append(i)
-                valid.append(k)
+                valid.append(chunk if item.fork else k)  # a forked tail: its zeros are the silence after it
                 audio[j, :k] = item.samples
                 audio[j, k:] = 0.0
                 if item.is_last:
@@ -293,7 +295,14 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
             t0 = time.perf_counter()
             buffers, right_pad, write = self.frontend.step(store, idx, audio_t,
                                                            torch.from_numpy(plan.valid).to(self.device))
-            plan.device_writes.append(write)
+            forks = [j for j, i in enumerate(plan.batch.tolist()) if plan.items[i].fork]
+            plan.stored = None  # batch rows whose new state is stored (None: all; forks never are)
+            if forks:
+                plan.stored = np.setdiff1d(np.arange(n), forks)
+                kept = torch.from_numpy(plan.stored).to(self.device)
+                plan.device_writes.append(lambda: write(kept))
+            else:
+                plan.device_writes.append(write)
             self.seconds["features"] += time.perf_counter() - t0
             is_last = np.zeros(n, bool)
             is_last[plan.last_rows] = True
@@ -337,9 +346,21 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         self.seconds["encoder"] += t1 - t0
         self.seconds["decoder"] += time.perf_counter() - t1
 
-        def write() -> None:
-            store.put_encoder_rows(idx, channel, lookback, cache_len)
-            store.put_decoder_rows(idx, state)
+        stored = rows if plan.stored is None else np.flatnonzero(np.isin(rows, plan.stored))
+        if len(stored) == len(rows):
+            def write() -> None:
+                store.put_encoder_rows(idx, channel, lookback, cache_len)
+                store.put_decoder_rows(idx, state)
+        elif len(stored):  # forked rows are left out: their stream's state does not move
+            keep = torch.from_numpy(stored).to(self.device)
+
+            def write() -> None:
+                store.put_encoder_rows(idx[keep], channel.index_select(1, keep), lookback.index_select(1, keep),
+                                       cache_len[keep])
+                store.put_decoder_rows(idx[keep], select_rows(state, keep))
+        else:
+            def write() -> None:
+                pass
 
         plan.device_writes.append(write)
         return lengths, tokens, frames, confidence

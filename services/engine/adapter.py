@@ -41,6 +41,10 @@ class StepItem:
     is_last: bool
     boost: Optional[list[BoostPhrase]] = None
     end_utterance: bool = False
+    # a finalize answered from a forked tail: step `samples` (short of a chunk; the adapter pads
+    # them) on a COPY of the stream's state and end the utterance from it; the stream's own state
+    # does not move, and the same audio comes again, whole, in a later item of the stream
+    fork: bool = False
     # the stream's model locale (prompt-conditioned models), given like `boost`: on the first item
     # and whenever the client changes it (None: unchanged); the adapter applies it from this chunk
     language: Optional[str] = None
@@ -79,6 +83,7 @@ class StreamingAdapter(ABC):
     chunk_samples: int
     max_streams: int
     languages: tuple[str, ...] = ("en",)  # ISO 639-1 codes the model transcribes
+    supports_fork = False  # takes `StepItem.fork` (a finalize from a forked tail)
     # locales a prompt-conditioned model takes per stream (its prompt dictionary, maybe with
     # "auto"); empty: the model has no language prompt (see services/languages.py)
     locales: tuple[str, ...] = ()

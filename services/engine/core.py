@@ -70,6 +70,7 @@ class EngineCore:
         max_batch: int = 64,
         max_buffer_seconds: float = 10.0,
         finalize_wait: Optional[float] = None,
+        fork_finalize: bool = False,
         on_step: Optional[StepObserver] = None,
         admit_lag: Optional[float] = None,
         shed_lag: Optional[float] = None,
@@ -83,6 +84,8 @@ class EngineCore:
         # how long a finalize waits for the client's audio to fill the chunk that holds it
         chunk_seconds = adapter.chunk_samples / adapter.sample_rate
         self.finalize_wait = chunk_seconds if finalize_wait is None else finalize_wait
+        # a finalize from a forked tail, where the adapter can fork (else it waits for its chunk)
+        self.fork_finalize = fork_finalize and adapter.supports_fork
         self._finalizing: dict[str, Session] = {}  # sessions whose finalize waits for its chunk
         self.admit_lag = admit_lag  # seconds; None: admit by session count only
         # with admit_lag set, also refuse when one more stream would make a round of steps over
@@ -261,7 +264,7 @@ class EngineCore:
                     f"this worker is running {lag * 1000:.0f} ms behind (limit {self.admit_lag * 1000:.0f} ms); "
                     "try again later or elsewhere"
                 )
-        session = Session(self.adapter.sample_rate, self.max_buffer_samples)
+        session = Session(self.adapter.sample_rate, self.max_buffer_samples, fork_finalize=self.fork_finalize)
         session.opened_at = time.monotonic()  # for the backlog measure: real time since open
         self.sessions[session.id] = session
         return session

@@ -27,7 +27,7 @@ _stream_ids = itertools.count(1)
 
 
 class Session:
-    def __init__(self, sample_rate: int, max_buffer_samples: int):
+    def __init__(self, sample_rate: int, max_buffer_samples: int, fork_finalize: bool = False):
         self.id = uuid.uuid4().hex
         self.sample_rate = sample_rate
         self.max_buffer_samples = max_buffer_samples
@@ -48,6 +48,9 @@ class Session:
         self._flushes: deque[tuple[int, Optional[float]]] = deque()
         self._closing = False
         self.closed = False
+        # a finalize is answered from a forked tail (the adapter steps the partial chunk on a copy
+        # of the stream's state, at once); else it waits for the chunk to fill (or pads it)
+        self.fork_finalize = fork_finalize
 
         self.stream_id: Optional[int] = None  # the adapter stream now open, if any
         self._stream_start = 0  # session sample where that stream began
@@ -121,6 +124,7 @@ class Session:
         return (
             deadline is None
             or self._consumed >= flush_at
+            or (self.fork_finalize and self.stream_id is not None)  # the forked tail runs at once
             or len(self._flushes) > 1  # a close (or another finalize) waits behind it: no more audio
             or time.monotonic() >= deadline
         )
@@ -150,6 +154,8 @@ class Session:
                 return None  # nothing reached the model since the session began
             return StepItem(self.stream_id, np.zeros(0, np.float32), is_first=False, is_last=False,
                             end_utterance=True)
+        if from_finalize and self.fork_finalize and self.stream_id is not None and flush_at - self._consumed < chunk:
+            return self._fork_item(flush_at - self._consumed)
         if from_finalize:
             take = min(chunk, self._buffered)
             pad = chunk - take
@@ -190,6 +196,18 @@ class Session:
             end_utterance=end_utterance,
             language=language,
         )
+
+    def _fork_item(self, n: int) -> StepItem:
+        """The audio up to the finalize point that does not fill a chunk, for a forked step: it is
+        copied, not taken — the stream itself steps it later, whole, with the audio that follows."""
+        parts, need = [], n
+        for head in self._chunks:
+            if not need:
+                break
+            parts.append(head[:need])
+            need -= len(parts[-1])
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return StepItem(self.stream_id, samples, is_first=False, is_last=False, end_utterance=True, fork=True)
 
     def _take(self, n: int) -> np.ndarray:
         parts, need = [], n

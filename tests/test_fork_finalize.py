@@ -1,0 +1,84 @@
+"""A finalize answered from a forked tail (issue 19): at the next step, not the next full chunk.
+
+The partial chunk up to the VAD stop is stepped, zero-padded, on a copy of the stream's state
+in the same batch as everyone else; the final comes from the copy and the stream itself does not
+move. When the client's audio fills the chunk the stream steps it as if nothing had happened,
+and the tokens it writes before the split (already in the fork's final) are dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.engine.adapter import StepItem
+
+
+@pytest.fixture(scope="module")
+def adapter(trained_rnnt):
+    from services.adapters.vectorised import VectorisedRNNTAdapter
+
+    return VectorisedRNNTAdapter(str(trained_rnnt), chunk_ms=160, max_streams=8, dtype="float64")
+
+
+def feed(adapter, audio, fork_at=None, sid=1, neighbour=None):
+    """Stream `audio` chunk by chunk; at sample `fork_at`, a forked finalize in the next step.
+    A `neighbour` stream, stepped in the same batches, must not notice."""
+    n, out, other = adapter.chunk_samples, [], []
+    chunks = list(range(0, len(audio), n))
+    for index, start in enumerate(chunks):
+        items = [StepItem(sid, audio[start : start + n], index == 0, index == len(chunks) - 1)]
+        if neighbour is not None:
+            items.append(StepItem(sid + 100, neighbour[start : start + n], index == 0, index == len(chunks) - 1))
+        results = adapter.step(items)
+        out.append(results[0])
+        other += results[1:]
+        if fork_at is not None and start < fork_at <= start + 2 * n and fork_at > start + n:
+            # the client's audio has reached the finalize point, which lies inside the next chunk
+            tail = audio[start + n : fork_at]
+            forked = adapter.step([StepItem(sid, tail, False, False, end_utterance=True, fork=True)])[0]
+            assert forked.finals, "a forked finalize always answers"
+            out.append(forked)
+    assert adapter.active_streams() == 0
+    return out, other
+
+
+def words(outputs):
+    return [w.word for o in outputs for f in o.finals for w in f.words]
+
+
+def test_a_fork_in_the_pause_gives_the_first_sentence_now_and_changes_nothing_after(adapter, heldout):
+    first, second = heldout[0]["samples"], heldout[1]["samples"]
+    audio = np.concatenate([first, np.zeros(9600, np.float32), second])
+    plain, _ = feed(adapter, audio)
+    split = len(first) + 2500  # a VAD stop 160 ms into the pause, mid-chunk
+    assert split % adapter.chunk_samples
+    forked, _ = feed(adapter, audio, fork_at=split)
+    fork_final = next(o for o in forked if o.finals)
+    assert fork_final.finals[-1].text == heldout[0]["text"]
+    assert words(forked) == words(plain)
+
+
+@pytest.mark.parametrize("clip", range(6))
+def test_a_fork_inside_speech_loses_and_repeats_no_word(adapter, heldout, clip):
+    """A VAD stop inside the sentence (a pause the VAD took for the end): the words of the fork's
+    final and of the rest of the stream are the stream's words, none twice, none missing, but for
+    the one word the split cuts, which comes out once (from the fork)."""
+    audio = heldout[clip]["samples"]
+    plain = words(feed(adapter, audio)[0])
+    split = int(len(audio) * 0.55) + 700
+    out, _ = feed(adapter, audio, fork_at=split)
+    got = words(out)
+    assert len(got) in (len(plain), len(plain) - 1, len(plain) + 1)
+    assert all(a != b for a, b in zip(got, got[1:])) or any(a == b for a, b in zip(plain, plain[1:]))
+    common = sum(1 for w in got if w in plain)
+    assert common >= len(plain) - 1
+
+
+def test_a_fork_beside_other_streams_leaves_them_exact(adapter, heldout):
+    audio, neighbour = heldout[2]["samples"], heldout[3]["samples"]
+    length = min(len(audio), len(neighbour))
+    audio, neighbour = audio[:length], neighbour[:length]
+    _, alone = feed(adapter, audio, neighbour=neighbour)
+    _, beside = feed(adapter, audio, fork_at=length // 2 + 321, neighbour=neighbour)
+    assert words(alone) == words(beside) and words(alone)
