@@ -8,8 +8,8 @@
 - `HostTensorCheck`: a torch-function mode that raises wherever a step mixes a tensor made on the
   host (from numpy, a Python list, a `.cpu()` copy) with the model's tensors — an op that would
   raise "Expected all tensors to be on the same device" on CUDA — unless the host tensor was
-  moved with `.to(device)` first. 0-dim tensors and index tensors of `t[idx]` mix freely on CUDA
-  and are allowed here too.
+  moved with `.to(device)` first. 0-dim tensors and index tensors of `t[idx]` and `t[idx] = v`
+  mix freely on CUDA and are allowed here too.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class HostTensorCheck(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func in _DOWNLOADS or func in _FREE:
             return out
+        if func is torch.Tensor.__setitem__:  # t[idx] = v: idx may live on the host; v may not
+            args = (args[0], *args[2:])
         tensors = [a for a in _flatten((args, kwargs)) if isinstance(a, torch.Tensor)]
         if func is torch.Tensor.__getitem__:  # indices may live on the host, as on CUDA
             if self._on_device(args[0]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import threading
 
 import httpx
@@ -26,7 +27,7 @@ from conftest import TOKEN, clip_set, to_pcm16
 
 CLIP = clip_set("heldout")[4]
 SPEECH = to_pcm16(CLIP["samples"])
-FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20")), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
@@ -183,19 +184,24 @@ async def openai_session(server, frames: list, intent: str) -> None:
             await ws.send(frame)
         await ws.send('{"type": "input_audio_buffer.commit"}')
         await ws.send('{"type": "marker.ping"}')
-        last_commit, marked, completed = None, False, set()
-        async with asyncio.timeout(60):
-            async for message in ws:
-                event = json.loads(message)
-                if event["type"] == "error":
-                    assert event["error"]["message"] and event["error"]["type"]
-                    marked = marked or "marker.ping" in event["error"]["message"]
-                elif event["type"] == "input_audio_buffer.committed" and not marked:
-                    last_commit = event["item_id"]
-                elif event["type"] == "conversation.item.input_audio_transcription.completed":
-                    completed.add(event["item_id"])  # (the model may end an item before its commit)
-                if marked and last_commit in completed:
-                    return
+        last_commit, marked, completed, seen = None, False, set(), []
+        try:
+            async with asyncio.timeout(60):
+                async for message in ws:
+                    event = json.loads(message)
+                    seen.append((event["type"], event.get("item_id")))
+                    if event["type"] == "error":
+                        assert event["error"]["message"] and event["error"]["type"]
+                        marked = marked or "marker.ping" in event["error"]["message"]
+                    elif event["type"] == "input_audio_buffer.committed" and not marked:
+                        last_commit = event["item_id"]
+                    elif event["type"] == "conversation.item.input_audio_transcription.completed":
+                        completed.add(event["item_id"])  # (the model may end an item before its commit)
+                    if marked and last_commit in completed:
+                        return
+        except TimeoutError:  # say what came, so a rare hang can be told from a slow machine
+            raise AssertionError(f"no completed for {last_commit} after 60 s (engine steps "
+                                 f"{server.engine.steps}); events: {seen}") from None
 
 
 async def test_the_bystander_heard_the_same_words_and_no_session_is_left(worker, bystander):

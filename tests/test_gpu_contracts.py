@@ -81,3 +81,27 @@ def test_the_check_catches_a_host_tensor_in_a_device_op():
         weights(torch.zeros(2, 4).to("cpu"))  # uploaded: fine
         with pytest.raises(RuntimeError, match="would fail on CUDA"):
             weights(torch.from_numpy(np.zeros((2, 4), np.float32)))
+
+
+def test_every_tensor_of_a_multitalker_step_is_on_the_model_device():
+    """The diarizer and the speaker-conditioned ASR rows, several sessions, rows opening and closing."""
+    from conftest import conversation, multitalker_models
+    from services.adapters.multitalker import MultitalkerAdapter
+    from services.engine.adapter import StepItem
+
+    asr, diar = multitalker_models()
+    adapter = MultitalkerAdapter(asr, diar, chunk_ms=160, max_streams=3)
+    n = adapter.chunk_samples
+    talks = [conversation(i)[1][: 40 * n] for i in range(2)]
+    modules = [adapter.asr.wrapper.asr_model, adapter.asr.frontend.preprocessor, adapter.diar.model]
+    state = [*_device_tensors(adapter.asr), *adapter.diar.state.values(), adapter.diar.audio_tail, adapter.diar.left]
+    speakers = set()
+    with HostTensorCheck(modules, state) as check:
+        for i in range(40):
+            items = [StepItem(s + 1, talk[i * n:(i + 1) * n], i == 0, i == 39, end_utterance=i == 20)
+                     for s, talk in enumerate(talks)]
+            for output in adapter.step(items):
+                speakers |= {f.speaker for f in output.finals if f.text}
+    assert check.ops > 2000  # diarizer, rows and decoder all ran under the check
+    assert speakers, "the sessions were transcribed, with speaker labels"
+    assert adapter.active_streams() == 0
