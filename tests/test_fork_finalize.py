@@ -82,3 +82,37 @@ def test_a_fork_beside_other_streams_leaves_them_exact(adapter, heldout):
     _, alone = feed(adapter, audio, neighbour=neighbour)
     _, beside = feed(adapter, audio, fork_at=length // 2 + 321, neighbour=neighbour)
     assert words(alone) == words(beside) and words(alone)
+
+
+def session_finals(adapter, utterances, fork: bool) -> list[str]:
+    """A client that stops sending at each finalize (push-to-talk, an OpenAI-style commit) and
+    resumes with the next utterance once the finalize's wait is over: the engine's own cutting."""
+    from pipecat_nvasr.protocol import Final
+    from services.engine.session import Session
+
+    n, finals = adapter.chunk_samples, []
+    session = Session(adapter.sample_rate, adapter.sample_rate * 100, fork_finalize=fork)
+    for audio in utterances + [None]:
+        if audio is None:
+            assert adapter.active_streams() == 1  # one stream all along, across the finalizes
+            session.close()
+        else:
+            session.append(audio)
+            session.finalize(0.0)  # its wait is over before the client sends again
+        while session.has_work(n):
+            item = session.next_item(n)
+            session.deliver(item, adapter.step([item])[0] if item is not None else None)
+            while not session.outbox.empty():
+                event = session.outbox.get_nowait()
+                if isinstance(event, Final) and event.from_finalize:
+                    finals.append(event.text)
+    return finals
+
+
+def test_a_client_that_stops_sending_gets_the_wait_modes_words(adapter, heldout):
+    """The fork answers at once, and the stream itself still steps through the finalize point as
+    the wait path does: padded with the gap's silence when the client's audio does not come."""
+    utterances = [c["samples"][: int((c["speech_end"] + 0.15) * 16000)] for c in heldout[:6]]
+    forked, waited = session_finals(adapter, utterances, fork=True), session_finals(adapter, utterances, fork=False)
+    assert len(forked) == len(utterances) and forked == waited
+    assert adapter.active_streams() == 0

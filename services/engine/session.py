@@ -51,6 +51,9 @@ class Session:
         # a finalize is answered from a forked tail (the adapter steps the partial chunk on a copy
         # of the stream's state, at once); else it waits for the chunk to fill (or pads it)
         self.fork_finalize = fork_finalize
+        # the finalize at the head of `_flushes` was answered by a fork: the stream itself still
+        # steps through that point, as the wait path would (filled, or padded at the deadline)
+        self._answered = False
 
         self.stream_id: Optional[int] = None  # the adapter stream now open, if any
         self._stream_start = 0  # session sample where that stream began
@@ -124,7 +127,7 @@ class Session:
         return (
             deadline is None
             or self._consumed >= flush_at
-            or (self.fork_finalize and self.stream_id is not None)  # the forked tail runs at once
+            or (self.fork_finalize and self.stream_id is not None and not self._answered)  # a fork runs at once
             or len(self._flushes) > 1  # a close (or another finalize) waits behind it: no more audio
             or time.monotonic() >= deadline
         )
@@ -154,7 +157,8 @@ class Session:
                 return None  # nothing reached the model since the session began
             return StepItem(self.stream_id, np.zeros(0, np.float32), is_first=False, is_last=False,
                             end_utterance=True)
-        if from_finalize and self.fork_finalize and self.stream_id is not None and flush_at - self._consumed < chunk:
+        fork = from_finalize and self.fork_finalize and self.stream_id is not None
+        if fork and not self._answered and flush_at - self._consumed < chunk:
             return self._fork_item(flush_at - self._consumed)
         if from_finalize:
             take = min(chunk, self._buffered)
@@ -162,6 +166,11 @@ class Session:
         else:
             take = chunk if flush_at is None else min(chunk, flush_at - self._consumed)
         end_utterance = from_finalize and self._consumed + take >= flush_at
+        if from_finalize and self._answered:  # the fork ended the utterance; the stream only moves on
+            if end_utterance:
+                self._flushes.popleft()
+                self._answered = False
+            end_utterance = False
         # A full chunk is never a last chunk: a close that lands on a chunk boundary ends with
         # an empty last chunk, so results do not depend on whether close came before or after it.
         is_last = flush_at is not None and not from_finalize and self._consumed + take == flush_at and take < chunk
@@ -246,7 +255,10 @@ class Session:
                     self._last_partial[partial.speaker] = partial.text
                     self.outbox.put_nowait(self._shift(partial))
         if flushed:
-            self._flushes.popleft()
+            if item is not None and item.fork:
+                self._answered = True  # popped once the stream itself has stepped past it
+            else:
+                self._flushes.popleft()
             self._last_partial.clear()
         if stream_ended:
             self.stream_id = None
