@@ -68,6 +68,9 @@ def test_every_tensor_of_a_step_is_on_the_model_device(trained_rnnt, heldout):
         for i in range(1, 8):
             adapter.step([StepItem(1, audio[i * n:(i + 1) * n], False, False, end_utterance=i == 4),
                           StepItem(2, audio[i * n:(i + 1) * n], False, i == 7)])
+            if i == 2:  # a forked finalize beside a plain row: only the plain row's state is stored
+                adapter.step([StepItem(1, audio[3 * n:3 * n + 900], False, False, end_utterance=True, fork=True),
+                              StepItem(2, audio[3 * n:4 * n], False, False)])
         adapter.step([StepItem(1, audio[8 * n: 8 * n + 100], False, True)])
     assert check.ops > 500  # the whole step ran under the check
     assert adapter.active_streams() == 0

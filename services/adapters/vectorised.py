@@ -358,9 +358,8 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
                 store.put_encoder_rows(idx[keep], channel.index_select(1, keep), lookback.index_select(1, keep),
                                        cache_len[keep])
                 store.put_decoder_rows(idx[keep], select_rows(state, keep))
-        else:
-            def write() -> None:
-                pass
+        else:  # every row a fork: nothing of this group is stored
+            return lengths, tokens, frames, confidence
 
         plan.device_writes.append(write)
         return lengths, tokens, frames, confidence
