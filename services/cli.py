@@ -79,6 +79,7 @@ def streaming_config(args):
         max_utterance_s=args.max_utterance_s if args.max_utterance_s > 0 else None,
         endpoint_silence_ms=getattr(args, "endpoint_silence_ms", None),
         cuda_graphs=args.cuda_graphs,
+        torch_threads=args.torch_threads,
         **({"speaker_threshold": args.speaker_threshold, "speaker_silence_ms": args.speaker_silence_ms,
             "latency": args.latency, "diar_left_context": args.diar_left_context,
             "diar_right_context": args.diar_right_context, "diar_fifo": args.diar_fifo, "diar_cache": args.diar_cache,
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="chunk size; the model must be trained for it (320: Nemotron 3.5)")
         p.add_argument("--max-sessions", type=int, default=256)
         p.add_argument("--max-batch", type=int, default=64)
+        p.add_argument("--torch-threads", type=int, default=0,
+                       help="torch intra-op threads (default 0: all cores but one on --device cpu, leaving one "
+                            "to the event loop; torch's own on a GPU)")
         p.add_argument("--finalize", choices=["fork", "wait"], default="fork",
                        help="fork (default): answer a finalize at the next step from a forked tail of the stream; "
                             "wait: step the chunk holding it once it fills (see --finalize-wait-ms)")

@@ -60,3 +60,31 @@ def use_device(device: Union[str, "torch.device"]) -> None:  # noqa: F821
     parsed = parse_device(device)
     if parsed.type == "cuda":
         torch.cuda.set_device(parsed)
+
+
+def intra_op_threads(device: Union[str, "torch.device"], requested: int = 0) -> int:  # noqa: F821
+    """Torch intra-op threads for a worker's model thread; 0 (`requested` 0: auto) leaves torch's.
+
+    A CPU worker's model step shares the machine with its event loop (WebSocket reads, parsing,
+    sends, the next finalize): torch taking every core makes the two fight. Auto leaves one core
+    to the loop (measured on 2 cores with clients streaming: a finalize's step p50 22.0 → 14.9 ms,
+    TTFS p50 225 → 217 ms; benchmarks/ttfs.py). On a GPU the host does little math: torch's own."""
+    import os
+
+    if requested > 0:
+        return requested
+    if parse_device(device).type != "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
+def use_threads(count: int) -> int:
+    """Set torch's intra-op threads (0 leaves them); returns what the calling thread now uses.
+
+    Call it on the model thread: with OpenMP the count is read per thread."""
+    import torch
+
+    if count > 0:
+        torch.set_num_threads(count)
+    return torch.get_num_threads()

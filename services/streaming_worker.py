@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from fastapi import FastAPI
 
-from .devices import default_dtype, parse_device, use_device
+from .devices import default_dtype, intra_op_threads, parse_device, use_device, use_threads
 from .engine.adapter import StreamingAdapter
 from .engine.core import EngineCore
 from .server.app import create_app
@@ -77,6 +77,9 @@ class StreamingConfig:
     # for nemotron; 1500 ms for parakeet-realtime, a backstop behind its <EOU>; 0: off)
     endpoint_silence_ms: Optional[int] = None
     cuda_graphs: bool = False  # NeMo's CUDA-graph greedy decoder, captured at warm-up (docs/gpu.md)
+    # torch intra-op threads, process-wide (None: leave torch's, for in-process use; 0: auto, what
+    # `nvasr serve` passes: all cores but one on a CPU worker, torch's own on a GPU; devices.py)
+    torch_threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.device = str(parse_device(self.device))
@@ -201,9 +204,13 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
         engine.on_dead.append(on_dead)
     adapter.on_eou = metrics.eou_latency.observe  # adapters whose model ends utterances
 
+    model_threads = {"torch": None}
+
     async def start() -> None:
         await engine.start()
         await engine.run_on_model_thread(use_device, cfg.device)  # CUDA's current device is per thread
+        threads = 0 if cfg.torch_threads is None else intra_op_threads(cfg.device, cfg.torch_threads)
+        model_threads["torch"] = await engine.run_on_model_thread(use_threads, threads)
         if cfg.warmup:
             await engine.run_on_model_thread(warm_up, adapter, cfg)
 
@@ -213,6 +220,7 @@ def create_streaming_app(cfg: StreamingConfig, adapter: Optional[StreamingAdapte
             "max_sessions": engine.max_sessions,
             "chunk_ms": adapter.chunk_ms,
             "model_streams": adapter.active_streams(),
+            "torch_threads": model_threads["torch"],  # intra-op threads of the model thread
             **({"model_rows": adapter.active_rows()} if hasattr(adapter, "active_rows") else {}),
         }
 

@@ -60,6 +60,9 @@ def test_serve_then_stream_a_file(tiny_rnnt, tmp_path):
                 pass
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.5)
+        # a CPU worker leaves one core to its event loop (torch would take them all)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": f"Bearer {token}"}).json()
+        assert health["torch_threads"] == max(1, len(os.sched_getaffinity(0)) - 1), health
         done = subprocess.run(
             NVASR + ["stream", str(wav), "--url", f"ws://127.0.0.1:{port}", "--token", token, "--fast"],
             env=env, capture_output=True, text=True, timeout=120,
