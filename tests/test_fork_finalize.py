@@ -116,3 +116,50 @@ def test_a_client_that_stops_sending_gets_the_wait_modes_words(adapter, heldout)
     forked, waited = session_finals(adapter, utterances, fork=True), session_finals(adapter, utterances, fork=False)
     assert len(forked) == len(utterances) and forked == waited
     assert adapter.active_streams() == 0
+
+
+async def _send_frames(client, pcm: bytes, frame_bytes: int = 640) -> None:
+    for start in range(0, len(pcm), frame_bytes):
+        await client.send_audio(pcm[start : start + frame_bytes])
+
+
+def _finalize_pads(srv) -> float:
+    import httpx
+    from conftest import TOKEN
+
+    text = httpx.get(srv.http + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    [line] = [line for line in text.splitlines() if line.startswith("nvasr_finalize_pads_total ")]
+    return float(line.split()[1])
+
+
+async def test_the_audio_completing_a_finalized_chunk_reaches_the_stream_at_once(trained_rnnt, heldout):
+    """After a finalize flushed part of a chunk, the client's next 20 ms frames complete it: the
+    worker must hand them on when the stream reaches its chunk boundary, not once it has gathered
+    a whole chunk more. Else the chunk is zero-padded at the finalize's deadline and the encoder
+    hears zeros the client never sent (a Pipecat bot's pause test lost a word to it: "my table
+    table tomorrow"). A client that really stops sending still gets its chunk padded."""
+    import asyncio
+
+    from conftest import TOKEN, LiveServer, to_pcm16
+
+    from pipecat_nvasr.client import ListenClient
+    from services.streaming_worker import StreamingConfig, create_streaming_app
+
+    cfg = StreamingConfig(worker="nemotron", model=str(trained_rnnt), chunk_ms=160, max_sessions=4, token=TOKEN)
+    pcm = to_pcm16(heldout[0]["samples"])
+    chunk = 2 * 2560
+    split = 3 * chunk + 2 * 1600  # the VAD stop: 100 ms into the fourth chunk
+    with LiveServer(create_streaming_app(cfg)) as srv:
+        for client_stops in (False, True):
+            before = _finalize_pads(srv)
+            async with ListenClient(srv.ws, token=TOKEN) as client:
+                await _send_frames(client, pcm[:split])
+                await client.finalize()
+                if not client_stops:
+                    await _send_frames(client, pcm[split : 4 * chunk])  # the microphone goes on
+                await asyncio.sleep(0.6)  # well past the finalize's one-chunk deadline
+                await _send_frames(client, pcm[4 * chunk if not client_stops else split :])
+                await client.close()
+                events = [event async for event in client.events()]
+            assert any(getattr(e, "from_finalize", False) for e in events)
+            assert _finalize_pads(srv) - before == (1 if client_stops else 0)

@@ -105,6 +105,7 @@ class EngineCore:
         self.refused: Counter[str] = Counter()  # reason → sessions refused at open
         self.failed_streams = 0  # sessions ended by a model failure on their own step
         self.isolation_steps = 0  # extra steps run to find the stream that failed a batch
+        self.finalize_pads = 0  # chunks padded at a finalize's deadline (the client stopped sending)
         self._chunk = adapter.chunk_samples
         self._ready = ReadyQueue()
         self.load = LoadMonitor(max_batch)
@@ -336,7 +337,9 @@ class EngineCore:
                 planned = []
                 for session in batch:
                     if session.id in self.sessions and session.has_work(self._chunk):
+                        padded = session.padded_chunks
                         planned.append((session, session.next_item(self._chunk)))
+                        self.finalize_pads += session.padded_chunks - padded
                 items = [item for _, item in planned if item is not None]
                 self.steps += 1
                 try:

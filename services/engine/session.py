@@ -38,6 +38,7 @@ class Session:
         self._languages: deque[tuple[int, str]] = deque()  # (session sample it applies from, locale)
         self.last_step = -1  # engine step that last served this session: oldest first
         self.audio_seconds = 0.0
+        self.padded_chunks = 0  # chunks zero-padded at a finalize's deadline (the client stopped sending)
 
         self._chunks: deque[np.ndarray] = deque()
         self._buffered = 0  # samples waiting in _chunks
@@ -184,6 +185,7 @@ class Session:
             self._model_samples = 0
             self._pads = []
         if pad:
+            self.padded_chunks += 1
             self._pads.append((self._model_samples + take, pad))
             samples = np.concatenate([samples, np.zeros(pad, dtype=np.float32)])
         boost = list(self._boost) if is_first or self._boost_changed else None

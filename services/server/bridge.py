@@ -191,16 +191,6 @@ async def _send_error(conn: _Connection, dialect: Dialect, metrics: Metrics, err
         pass
 
 
-def _feed(conn: _Connection, data: bytes) -> None:
-    """Gather audio to a chunk before handing it on (as listen.py does); an odd byte waits
-    for its pair in the next frame, since these protocols do not forbid odd frames."""
-    conn.pending += data
-    if len(conn.pending) >= conn.coalesce_bytes:
-        even = len(conn.pending) & ~1
-        whole, conn.pending = bytes(conn.pending[:even]), conn.pending[even:]
-        conn.push_pending(whole)
-
-
 async def _receive(conn: _Connection, dialect: Dialect, metrics: Metrics) -> bool:
     """Client → backend until the client closes the stream (True) or goes away (False)."""
     ws, backend, session = conn.ws, conn.backend, conn.session
@@ -225,7 +215,7 @@ async def _receive(conn: _Connection, dialect: Dialect, metrics: Metrics) -> boo
                     await _send_error(conn, dialect, metrics, error, close=False)
                     await ws.close(code=CloseCode.TOO_BIG, reason=error.message)
                     return False
-                _feed(conn, reaction.audio)
+                conn.gather(reaction.audio)
             if (reaction.finalize or reaction.close) and not session.closing:
                 if len(conn.pending) & 1:
                     conn.pending = conn.pending[:-1]  # half a sample at the end of the stream

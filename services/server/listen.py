@@ -96,7 +96,7 @@ class _Connection:
     """One open session's socket-side state, visible to the reaper and the drain."""
 
     __slots__ = ("ws", "backend", "session", "resample", "last_rx", "client_closed", "drained", "ending", "tasks",
-                 "pending", "coalesce_bytes", "configure_budget")
+                 "pending", "coalesce_bytes", "configure_budget", "received")
 
     def __init__(self, ws: WebSocket, backend: ListenBackend, session, resample, rate: int,
                  settings: Optional[ListenSettings] = None):
@@ -108,6 +108,7 @@ class _Connection:
         # the engine cannot step a stream before it holds a whole chunk, so this costs no
         # latency, and small frames (20 ms) pay the conversion and the append once per chunk.
         self.pending = bytearray()
+        self.received = 0  # bytes handed to the backend: where the stream is on its chunk grid
         self.coalesce_bytes = 2 * max(1, rate * int(getattr(backend, "chunk_ms", 0) or 0) // 1000)
         self.last_rx = time.monotonic()
         self.client_closed = False  # the client sent `close`
@@ -124,11 +125,29 @@ class _Connection:
             if not self.pending:
                 return
             data, self.pending = self.pending, bytearray()
+        self.received += len(data)
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
         samples *= PCM_SCALE
         if self.resample is not None:
             samples = self.resample(samples)
         self.backend.append(self.session, samples)
+
+    def gather(self, data: bytes) -> None:
+        """Hand audio on once the stream reaches its next chunk boundary, counted from its first
+        byte (the engine's chunk grid), not once a chunk's worth is gathered: after a finalize
+        flushed part of a chunk, the audio that completes it must not wait for a whole chunk
+        more (the engine would pad the chunk at its deadline and the encoder hear the zeros).
+        An odd byte waits for its pair. Raises Overloaded like append."""
+        chunk = self.coalesce_bytes
+        if not self.pending and not len(data) & 1 and self.received % chunk + len(data) >= chunk:
+            self.push_pending(data)  # it completes a chunk: no gathering, no copy
+            return
+        self.pending += data
+        if self.received % chunk + len(self.pending) < chunk:
+            return
+        even = len(self.pending) & ~1
+        whole, self.pending = bytes(self.pending[:even]), self.pending[even:]
+        self.push_pending(whole)
 
     def flush_audio(self, end_of_stream: bool = False) -> None:
         """Everything received so far reaches the backend (before a finalize or close); at the
@@ -313,7 +332,6 @@ async def serve_listen(
 async def _receive(conn: _Connection, metrics: Metrics) -> bool:
     """Client → backend until the client closes (True) or goes away / is cut off (False)."""
     ws, backend, session = conn.ws, conn.backend, conn.session
-    coalesce = conn.coalesce_bytes
     while True:
         message = await ws.receive()
         conn.last_rx = time.monotonic()
@@ -334,15 +352,8 @@ async def _receive(conn: _Connection, metrics: Metrics) -> bool:
                     "PCM s16le frames need an even number of bytes; this frame was dropped",
                 )
                 continue
-            if not conn.pending and size >= coalesce:
-                whole = data  # a frame of a chunk or more: no gathering, no copy
-            else:
-                conn.pending += data
-                whole = None
-                if len(conn.pending) < coalesce:
-                    continue
             try:
-                conn.push_pending(whole)
+                conn.gather(data)
             except Overloaded as exc:
                 await _send_error(ws, metrics, ErrorCode.OVERLOADED, str(exc), CloseCode.OVERLOADED)
                 return False

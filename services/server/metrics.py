@@ -98,6 +98,11 @@ class _EngineCollector:
             value=e.failed_streams,
         )
         yield CounterMetricFamily(
+            "nvasr_finalize_pads", "Chunks zero-padded because a finalize's chunk did not fill in time "
+            "(a client that stopped sending; counts from streaming clients mean audio arrives late)",
+            value=e.finalize_pads,
+        )
+        yield CounterMetricFamily(
             "nvasr_isolation_steps", "Extra steps run to find the stream that failed a batch",
             value=e.isolation_steps,
         )
