@@ -25,9 +25,9 @@ from ._listen_service import NvasrListenSettings, NvasrListenSTTService
 
 # P99 from speech end to final transcript, seconds, as Pipecat's stt-benchmark measures it
 # (benchmarks/ttfs.py → benchmarks/results/ttfs-160.json: 160 ms chunks, the worker's default
-# finalize mode, tiny model on a loaded 2-core CPU; tests/test_ttfs_metadata.py keeps them equal).
+# finalize mode, tiny model on a 2-core CPU; tests/test_ttfs_metadata.py keeps them equal).
 # Pipecat waits this long for a final only when none arrived; pass your deployment's figure.
-NEMOTRON_TTFS_P99 = 1.55
+NEMOTRON_TTFS_P99 = 0.23
 
 # Base codes Nemotron 3.5 ASR (`nvidia/nemotron-3.5-asr-streaming-0.6b`) transcribes, and `auto`:
 # pass as `languages=` to a service on that worker (the default, ("en",), refuses the others).

@@ -63,7 +63,8 @@ def use_device(device: Union[str, "torch.device"]) -> None:  # noqa: F821
 
 
 def intra_op_threads(device: Union[str, "torch.device"], requested: int = 0) -> int:  # noqa: F821
-    """Torch intra-op threads for a worker's model thread; 0 (`requested` 0: auto) leaves torch's.
+    """Torch intra-op threads for a worker's model thread: `requested`, or with 0 (auto) all
+    cores but one on a CPU and 0 (leave torch's own) on a GPU.
 
     A CPU worker's model step shares the machine with its event loop (WebSocket reads, parsing,
     sends, the next finalize): torch taking every core makes the two fight. Auto leaves one core
