@@ -65,7 +65,8 @@ class StreamingConfig:
     # "fork": a finalize is answered at the next step from a forked tail (the partial chunk on a
     # copy of the stream's state; the stream itself is untouched); "wait": the chunk holding the
     # VAD stop is stepped once it fills, or after `finalize_wait_ms` (None: one chunk; 0 pads the
-    # tail with zeros at once). Workers whose adapter cannot fork (multitalker) wait.
+    # tail with zeros at once). Every worker's adapter forks (multitalker: a copy of the whole
+    # session, its held look-ahead chunks included; adapters/multitalker_fork.py).
     finalize: str = "fork"
     finalize_wait_ms: Optional[int] = None
     token: Optional[str] = None

@@ -167,3 +167,95 @@ def letters_by_speaker(events) -> dict[str, str]:
         if e[0] == "final":
             by[e[1]] = by.get(e[1], "") + e[2].replace(" ", "")
     return by
+
+
+def stream_with_fork(adapter, sid: int, audio: np.ndarray, fork_after: int = -1, tail: int = 900,
+                     neighbour: np.ndarray | None = None):
+    """Stream `audio` (and a `neighbour` session, a chunk in every step); after chunk
+    `fork_after`, a forked finalize with the next `tail` samples (the client's audio up to its VAD
+    stop), answered in a step of its own, then the stream goes on. Returns (events, the fork's
+    output, the neighbour's events, the speakers with a partial after each chunk)."""
+    plan = Plan(sid, audio, 0)
+    other = Plan(sid + 1, neighbour, 0) if neighbour is not None else None
+    events, beside, fork_out, talking, j = [], [], None, [], 0
+
+    def step(item: StepItem):
+        nonlocal j
+        items = [item]
+        if other is not None and j < len(other.chunks):
+            items.append(other.item(j))
+            j += 1
+        outs = adapter.step(items)
+        beside.extend(e for out in outs[1:] for e in as_tuples(out))
+        return outs[0]
+
+    for i in range(len(plan.chunks)):
+        out = step(plan.item(i))
+        events += as_tuples(out)
+        talking.append({p.speaker for p in out.all_partials() if p.text})
+        if i == fork_after:
+            slot = adapter.slot_of[sid]
+            rows, held = adapter.row_id[slot].copy(), int(adapter.held_n[slot])
+            fork_out = step(StepItem(sid, plan.chunks[i + 1][:tail], False, False, end_utterance=True, fork=True))
+            assert (adapter.row_id[slot] == rows).all() and int(adapter.held_n[slot]) == held, \
+                "a forked finalize moved the session itself"
+            events += as_tuples(fork_out)
+    while other is not None and j < len(other.chunks):
+        beside.extend(as_tuples(adapter.step([other.item(j)])[0]))
+        j += 1
+    assert adapter.active_streams() == 0 and adapter.active_rows() == 0
+    assert len(adapter._copies) == adapter.max_streams, "a session copy leaked"
+    return events, fork_out, beside, talking
+
+
+def words_by_speaker(events) -> dict[str, list[str]]:
+    by: dict[str, list[str]] = {}
+    for e in events:
+        if e[0] == "final":
+            by.setdefault(e[1], []).extend(w[0] for w in e[5])
+    return by
+
+
+def test_a_forked_finalize_answers_every_open_speaker_at_once_and_the_session_goes_on_exactly(adapter):
+    """A VAD stop while both speakers talk, inside the chunk after the held one (the diarizer's
+    look-ahead): the fork answers in one step, one final per open speaker holding the held chunk
+    and the partial one; the session itself did not move, and its words after the fork are the
+    plain run's: per speaker, the fork's final and then exactly the plain run's words from the
+    split on (the one word the split cuts is the fork's reading of it: "set an at" became "set a
+    timer at" on the tiny model, and no word comes twice)."""
+    audio = conversations()[0]  # its second speaker barges in at 1.7 s, over the first
+    plain, _, _, talking = stream_with_fork(adapter, 500, audio)
+    at = next(i for i, t in enumerate(talking) if len(t) == 2)
+    assert adapter.hold == 1  # the default preset: one chunk held back
+    events, fork_out, _, _ = stream_with_fork(adapter, 501, audio, fork_after=at)
+    speakers = [f.speaker for f in fork_out.finals]
+    assert len(speakers) == 2 and len(set(speakers)) == 2 and all(f.text for f in fork_out.finals), fork_out
+    assert not fork_out.all_partials()
+    end = (at + 1) * adapter.chunk_samples / 16000  # the held chunk is in the final: words up to here
+    assert max(f.end for f in fork_out.finals) > end - adapter.chunk_samples / 16000
+    forked, whole = words_by_speaker(events), words_by_speaker(plain)
+    assert forked.keys() == whole.keys()
+    for final in fork_out.finals:
+        said = [w.word for w in final.words]
+        rest = forked[final.speaker][len(said):]
+        assert forked[final.speaker][: len(said)] == said and rest, "the session's words after the fork"
+        before = whole[final.speaker][: len(whole[final.speaker]) - len(rest)]
+        assert whole[final.speaker][len(before):] == rest  # after the split: the plain run's words
+        assert said[: len(before) - 1] == before[:-1]  # before it: the same, but the word it cuts
+
+
+def test_a_forked_finalize_in_a_pause_repeats_and_loses_no_word_and_leaves_its_neighbour_alone(adapter):
+    """A VAD stop 300 ms into a pause, mid-chunk: every word before it is in the fork's finals,
+    every word after it comes once, in order, by the same speaker as without the finalize; a
+    session stepped in the same batches gets exactly what it gets alone."""
+    first, second = conversations()[2], conversations()[3]
+    audio = np.concatenate([first[: 16000 * 4], np.zeros(16000, np.float32), second[: 16000 * 3]])
+    neighbour = conversations()[4][: len(audio)]
+    plain, _, alone, _ = stream_with_fork(adapter, 600, audio, neighbour=neighbour)
+    stop = 16000 * 4 + 4800  # the finalize point, 300 ms into the pause
+    n = adapter.chunk_samples
+    events, fork_out, beside, _ = stream_with_fork(adapter, 602, audio, fork_after=stop // n - 1, tail=stop % n,
+                                                   neighbour=neighbour)
+    assert fork_out.finals and all(f.end <= stop / 16000 for f in fork_out.finals)
+    assert words_by_speaker(events) == words_by_speaker(plain) and words_by_speaker(plain)
+    assert beside == alone

@@ -113,6 +113,14 @@ class StreamingDiarizer:
             for tensor in (*self.state.values(), self.audio_tail, self.left):
                 tensor.index_fill_(0, idx, 0)
 
+    def copy_rows(self, sources: list[int], targets: list[int]) -> None:
+        """Rows `targets` become exact copies of rows `sources` (a session's forked copy)."""
+        src = torch.tensor(sources, device=self.device)
+        dst = torch.tensor(targets, device=self.device)
+        with torch.inference_mode():
+            for tensor in (*self.state.values(), self.audio_tail, self.left):
+                tensor.index_copy_(0, dst, tensor.index_select(0, src))
+
     def step(self, slots: np.ndarray, audio: list, valid: np.ndarray,
              first: np.ndarray) -> tuple[np.ndarray, Callable[[], None]]:
         """Speaker probabilities [n, frames_per_chunk, n_speakers] of one chunk per session, and

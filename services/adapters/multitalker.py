@@ -44,6 +44,7 @@ from pipecat_nvasr.protocol import BoostPhrase
 
 from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
 from .diarizer_settings import DiarizerSettings
+from .multitalker_fork import ForkedFinalize
 from .vectorised import VectorisedRNNTAdapter
 
 
@@ -72,8 +73,9 @@ class _RowASR(VectorisedRNNTAdapter):
         self.wrapper.asr_model.set_speaker_targets(up[0], up[1])
 
 
-class MultitalkerAdapter(StreamingAdapter):
+class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
     labels_speakers = True  # events carry `speaker` (the Deepgram dialect's `diarize=true` needs it)
+    supports_fork = True  # every open speaker's final from a forked copy of the session (multitalker_fork.py)
 
     def __init__(self, model: str, diar_model: str, chunk_ms: int = 160, max_streams: int = 64,
                  device: str = "cpu", dtype: str = "float32", amp: bool = False, speaker_threshold: float = 0.5,
@@ -86,7 +88,8 @@ class MultitalkerAdapter(StreamingAdapter):
             raise ValueError(f"instances must be 'turn' or 'session', got {instances!r}")
         if targets not in ("nemo", "binary"):
             raise ValueError(f"targets must be 'nemo' or 'binary', got {targets!r}")
-        self.asr = _RowASR(model, chunk_ms=chunk_ms, max_streams=max_rows or 4 * max_streams, device=device,
+        # speaker rows: up to 4 per session, and the clones of a forked finalize beside them
+        self.asr = _RowASR(model, chunk_ms=chunk_ms, max_streams=max_rows or 6 * max_streams, device=device,
                            dtype=dtype, endpoint_silence_ms=0, amp=amp)
         self._torch = self.asr._torch
         self.model_name = model
@@ -95,7 +98,7 @@ class MultitalkerAdapter(StreamingAdapter):
         self.chunk_samples = self.asr.chunk_samples
         self.max_streams = max_streams
         self.diar_settings = diar_settings or DiarizerSettings.from_card("0.32s")
-        self.diar = StreamingDiarizer(diar_model, max_streams, self.chunk_samples, self.asr.device, dtype,
+        self.diar = StreamingDiarizer(diar_model, 2 * max_streams, self.chunk_samples, self.asr.device, dtype,
                                       self.diar_settings, impl=diar_impl)
         if self.diar.frames_per_chunk != self.asr.frames_per_chunk:
             raise ValueError(
@@ -113,28 +116,33 @@ class MultitalkerAdapter(StreamingAdapter):
         self.hold = math.ceil(self.diar_settings.right_context / self.frames)  # chunks of look-ahead
         n_spk = self.diar.n_speakers
         self.speakers = [f"spk{k}" for k in range(n_spk)]
-        # per session slot (host): its rows, the speakers' quiet frames, each row's time offset
+        # per session slot (host): its rows, the speakers' quiet frames, each row's time offset. Slots
+        # from max_streams on are spare: a forked finalize steps a copy of its session there
         self.slot_of: dict[int, int] = {}
         self._free = list(range(max_streams - 1, -1, -1))
-        self.row_id = np.full((max_streams, n_spk), -1, np.int64)
-        self.quiet = np.zeros((max_streams, n_spk), np.int64)
-        self.since_spoke = np.zeros((max_streams, n_spk), np.int64)  # chunks since the speaker spoke
-        self.talking = np.zeros((max_streams, n_spk), bool)  # session rows: an utterance is open
-        self.row_start = np.zeros((max_streams, n_spk), np.int64)  # session sample of the row's sample 0
-        self.row_fed = np.zeros((max_streams, n_spk), np.int64)  # samples the row has been fed
-        self.samples = np.zeros(max_streams, np.int64)  # session samples diarized and transcribed
-        self.diarized = np.zeros(max_streams, np.int64)  # chunks diarized
+        self._copies = list(range(2 * max_streams - 1, max_streams - 1, -1))
+        slots = 2 * max_streams
+        self.row_id = np.full((slots, n_spk), -1, np.int64)
+        self.quiet = np.zeros((slots, n_spk), np.int64)
+        self.since_spoke = np.zeros((slots, n_spk), np.int64)  # chunks since the speaker spoke
+        self.talking = np.zeros((slots, n_spk), bool)  # session rows: an utterance is open
+        self.row_start = np.zeros((slots, n_spk), np.int64)  # session sample of the row's sample 0
+        self.row_fed = np.zeros((slots, n_spk), np.int64)  # samples the row has been fed
+        self.samples = np.zeros(slots, np.int64)  # session samples diarized and transcribed
+        self.diarized = np.zeros(slots, np.int64)  # chunks diarized
         self.boost: dict[int, list[BoostPhrase]] = {}
         self._row_ids = itertools.count(1)
         # chunks held back for the diarizer's look-ahead
-        self.held = np.zeros((max_streams, max(1, self.hold), self.chunk_samples), np.float32)
-        self.held_len = np.zeros((max_streams, max(1, self.hold)), np.int64)
-        self.held_n = np.zeros(max_streams, np.int64)
+        self.held = np.zeros((slots, max(1, self.hold), self.chunk_samples), np.float32)
+        self.held_len = np.zeros((slots, max(1, self.hold)), np.int64)
+        self.held_n = np.zeros(slots, np.int64)
         # each session's last chunks (oldest first) and their speaker probabilities: a row's pre-roll
         self.preroll = preroll_chunks
-        self.past_audio = np.zeros((max_streams, max(1, preroll_chunks), self.chunk_samples), np.float32)
-        self.past_probs = np.zeros((max_streams, max(1, preroll_chunks), self.frames, n_spk), np.float32)
-        self.past_count = np.zeros(max_streams, np.int64)  # chunks kept (up to preroll_chunks)
+        self.past_audio = np.zeros((slots, max(1, preroll_chunks), self.chunk_samples), np.float32)
+        self.past_probs = np.zeros((slots, max(1, preroll_chunks), self.frames, n_spk), np.float32)
+        self.past_count = np.zeros(slots, np.int64)  # chunks kept (up to preroll_chunks)
+        # session sample of the last forked finalize, per speaker the copy transcribed (multitalker_fork.py)
+        self.fork_point = np.zeros((slots, n_spk), np.int64)
         self.stats = {"steps": 0, "sessions": 0, "rows": 0, "diarizer_seconds": 0.0, "asr_seconds": 0.0}
 
     @property
@@ -168,18 +176,32 @@ class MultitalkerAdapter(StreamingAdapter):
             if item.boost is not None:  # rows opened from now on take them
                 self.boost[slot] = list(item.boost)
             slots[i] = slot
+        # a forked finalize: the session's copy takes its place in the step (multitalker_fork.py)
+        forks = [(i, int(slots[i])) for i, item in enumerate(items) if item.fork]
+        copies = []
         try:
-            return self._step(items, slots, opened)
+            for i, slot in forks:
+                copies.append(self._fork_session(slot))
+                slots[i] = copies[-1]
+            points = [int(self.samples[slot] + self.held_len[slot, : self.held_n[slot]].sum() + len(items[i].samples))
+                      for i, slot in forks]
+            outputs = self._step(items, slots, opened)
+            for (_, slot), copy, point in zip(forks, copies, points):
+                self._split_at_fork(slot, copy, point)
+            return outputs
         except BaseException:
             for _, slot in opened:
                 self._free.append(slot)
             raise
+        finally:
+            for copy in copies:
+                self._drop_copy(copy)
 
     def _step(self, items: list[StepItem], slots: np.ndarray, opened: list) -> list[StepOutput]:
         if opened:
             new_slots = [slot for _, slot in opened]
             self.diar.reset(new_slots)
-            for array in (self.quiet, self.since_spoke, self.talking, self.row_fed):
+            for array in (self.quiet, self.since_spoke, self.talking, self.row_fed, self.fork_point):
                 array[new_slots] = 0
             self.row_id[new_slots] = -1
             self.samples[new_slots] = 0
@@ -214,7 +236,8 @@ class MultitalkerAdapter(StreamingAdapter):
                 samples = pending[i][r] if due[i] > r else item.samples[:0]
                 sub_items.append(StepItem(item.stream_id, samples, is_first=bool(self.diarized[slots[i]] == 0),
                                           is_last=item.is_last and last_round,
-                                          end_utterance=item.end_utterance and last_round))
+                                          end_utterance=item.end_utterance and last_round,
+                                          fork=item.fork and last_round))
                 windows.append(np.concatenate(pending[i][r : r + 1 + self.hold]) if due[i] > r else None)
             sub_out = self._substep(sub_items, windows, slots[members])
             for i, out in zip(members, sub_out):
@@ -263,11 +286,13 @@ class MultitalkerAdapter(StreamingAdapter):
         since[silent_item] = self.since_spoke[slots][silent_item]
         is_last = np.array([item.is_last for item in items], bool)
         finalize = np.array([item.end_utterance for item in items], bool)
+        forked = np.array([item.fork for item in items], bool)  # the partial chunk of a forked finalize
+        copy = slots >= self.max_streams  # a session's copy (multitalker_fork.py): its rows stay open
         opening = spoke & (rows_now < 0)
         open_after = (rows_now >= 0) | opening
         if self.instances == "turn":
             stepping = open_after
-            closing = open_after & ((quiet >= self.silence_frames) | is_last[:, None])
+            closing = open_after & ((quiet >= self.silence_frames) | is_last[:, None]) & ~copy[:, None]
             ending = finalize[:, None] & stepping
             waking = np.zeros_like(opening)
             talking = np.zeros_like(opening)
@@ -289,6 +314,9 @@ class MultitalkerAdapter(StreamingAdapter):
             preroll = np.where(opening, kept[:, None], np.where(waking, np.minimum(kept[:, None], skipped), 0))
         else:
             preroll = np.where(opening, kept[:, None], 0)
+        for i, k in zip(*np.nonzero(opening & (self.fork_point[slots] > 0))):
+            started = int(self.samples[slots[i]] - preroll[i, k] * self.chunk_samples)
+            self._opening_floor(int(slots[i]), int(k), int(new_ids[i, k]), started)
         pre_groups = []  # one ASR call per pre-roll position, oldest first
         for back in range(int(preroll.max(initial=0)), 0, -1):
             group = []
@@ -307,6 +335,7 @@ class MultitalkerAdapter(StreamingAdapter):
             row_items.append(StepItem(
                 stream_id=int(new_ids[i, k]), samples=fed, is_first=first, is_last=bool(closing[i, k]),
                 boost=self.boost.get(int(slots[i])) if first else None, end_utterance=bool(ending[i, k]),
+                fork=bool(forked[i]),
             ))
             owners.append((int(i), int(k), heard_by_row))
             row_targets.append(self._targets(probs[i], k))
@@ -318,6 +347,7 @@ class MultitalkerAdapter(StreamingAdapter):
         except BaseException:
             for i, k in zip(*np.nonzero(opening)):
                 self.asr.release(int(new_ids[i, k]))
+                self.asr.floors.pop(int(new_ids[i, k]), None)
             raise
         t2 = time.perf_counter()
         # every model call succeeded: commit state, then events

@@ -106,6 +106,20 @@ class SlotStore:
             for rows, value in zip(self.fusion, self._sos_fusion):
                 rows.index_fill_(0, idx, value)
 
+    def copy_row(self, source: int, target: int) -> None:
+        """Slot `target` becomes an exact copy of slot `source`, device rows and host vectors."""
+        src = torch.tensor([source]).to(self.device, non_blocking=True)
+        dst = torch.tensor([target]).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            for rows in (self.cache_channel, self.cache_time, *self.pred_states):
+                rows.index_copy_(1, dst, rows.index_select(1, src))
+            for rows in (self.cache_len, self.audio_tail, self.features, self.pred_out, self.labels, self.decoded,
+                         *self.fusion):
+                rows.index_copy_(0, dst, rows.index_select(0, src))
+        for array in (self.samples, self.frames, self.utt_offset, self.utt_start, self.silent, self.utt_tokens,
+                      self.split, self.bias_id, self.drop_before):
+            array[target] = array[source]
+
     # ------------------------------------------------------------------ gather / scatter
 
     def encoder_rows(self, idx: torch.Tensor):

@@ -52,6 +52,11 @@ class UtteranceText:
         self.clean[slot] = ""
         self.partial[slot] = ""
 
+    def copy(self, source: int, target: int) -> None:
+        for lists in (self.tokens, self.frames, self.confidence):
+            lists[target] = list(lists[source])
+        self.clean[target], self.partial[target] = self.clean[source], self.partial[source]
+
     def delta(self, slot: int, tokens: list[int], frames: list[int], confidence: list[float]) -> Delta:
         old = self.frames[slot]
         if old and frames[0] <= old[-1]:  # NeMo's merge_timesteps: keep frames increasing

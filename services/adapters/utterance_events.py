@@ -36,6 +36,7 @@ class Prepared:
     marker: np.ndarray = None  # per item: 0 none, 1 <EOB>, 2 <EOU>
     floor_done: set = field(default_factory=set)  # slots whose forked-split floor is passed
     stored: Optional[np.ndarray] = None  # batch rows whose new state is stored (None: all; forks never)
+    new_floors: dict = field(default_factory=dict)  # slot → drop_before of a stream opening now (`floors`)
     host_rows: dict = field(default_factory=dict)  # slot → (blank frames, utterance tokens) after the step
     device_writes: list = field(default_factory=list)  # callables storing device rows
     host: dict = field(default_factory=dict)  # SlotStore vector name → (slots, values)
@@ -70,7 +71,7 @@ class UtteranceEvents:
             keep = present
         # blank frames since the last token: NeMo's per-frame labels (the frame's last token or blank)
         frame_in_chunk = np.where(keep, frames % self.frames_per_chunk, -1)
-        floor = store.drop_before[group_slots]
+        floor = self._drop_before(plan, group_slots)
         if floor.any():  # (tokens a fork's final holds already still end a blank run: they were said)
             keep = keep.copy()
             self._drop_forked(plan, group_slots, keep, tokens, frames, floor)
@@ -95,6 +96,14 @@ class UtteranceEvents:
             for slot, end in zip(group_slots[with_tokens].tolist(), ends):
                 plan.deltas[slot] = delta(slot, new_tokens[start:end], new_frames[start:end], new_conf[start:end])
                 start = end
+
+    def _drop_before(self, plan, slots: np.ndarray) -> np.ndarray:
+        """The forked-split floor of these slots (a copy): stored, or given to a stream opening now."""
+        floor = self.store.drop_before[slots].copy()
+        for j, slot in enumerate(slots.tolist() if plan.new_floors else ()):
+            if slot in plan.new_floors:
+                floor[j] = plan.new_floors[slot]
+        return floor
 
     def _drop_forked(self, plan, group_slots, keep, tokens, frames, floor) -> None:
         """A forked finalize ended these rows' utterance at stream frame `floor` from a copy of
@@ -136,7 +145,7 @@ class UtteranceEvents:
         utt_offset, utt_start = store.utt_offset[safe].copy(), store.utt_start[safe].copy()
         silent, utt_tokens = store.silent[safe].copy(), store.utt_tokens[safe].copy()
         split = store.split[safe].copy()
-        drop_before = store.drop_before[safe].copy()
+        drop_before = self._drop_before(plan, safe)
         for i, slot in enumerate(slots.tolist()):
             if slot in plan.host_rows and not forked[i]:
                 silent[i], utt_tokens[i] = plan.host_rows[slot]

@@ -170,6 +170,9 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         # seconds spent in the model's modules vs all of prepare+commit, for the benchmark's compute /
         # bookkeeping split (wall clock: on a GPU these time kernel launches, not kernels)
         self.seconds = {"features": 0.0, "encoder": 0.0, "decoder": 0.0, "step": 0.0}
+        # stream id → encoder frames: a stream opening with one drops the tokens of its first frames,
+        # which a final made from a copy of another stream already holds (the multitalker's fork)
+        self.floors: dict[int, int] = {}
 
     def _autocast(self):
         return self._torch.amp.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=self.amp)
@@ -201,6 +204,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         store = self.store
         for stream_id, slot in plan.opened:
             store.take(stream_id, slot)
+            self.floors.pop(stream_id, None)
         with self._torch.inference_mode():
             for write in plan.device_writes:
                 write()
@@ -250,7 +254,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         count = len(items)
         slots = np.full(count, -1, np.int64)
         fresh = store.free_slots(sum(1 for item in items if item.is_first))
-        opened, boosts = [], {}
+        opened, boosts, new_floors = [], {}, {}
         batch, valid, last_rows = [], [], []
         audio, chunk = self._audio, self.chunk_samples
         try:
@@ -258,6 +262,8 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
                 if item.is_first:
                     slot = fresh.pop(0)
                     opened.append((item.stream_id, slot))
+                    if item.stream_id in self.floors:
+                        new_floors[slot] = self.floors[item.stream_id]
                 else:
                     slot = store.slot_of.get(item.stream_id, -1)
                 slots[i] = slot
@@ -277,7 +283,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
             self.boosting.discard(boosts.values())
             raise
         return Prepared(items=items, slots=slots, opened=opened, boosts=boosts, batch=np.array(batch, np.int64),
-                         valid=np.array(valid, np.int64), last_rows=last_rows)
+                         valid=np.array(valid, np.int64), last_rows=last_rows, new_floors=new_floors)
 
     def _run_model(self, plan: Prepared) -> None:
         """Features, encoder and decoder for every stepped row; new state kept in `plan`."""
@@ -387,6 +393,28 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         ids = range(-1, -size - 1, -1)
         self.step([StepItem(stream_id=i, samples=zeros, is_first=True, is_last=False) for i in ids])
         self.step([StepItem(stream_id=i, samples=zeros[:0], is_first=False, is_last=True) for i in ids])
+
+    def clone(self, source: int, target: int) -> None:
+        """Open stream `target` as an exact copy of open stream `source` (model state, utterance
+        text, key phrases) to step ahead on its own and release: the multitalker's forked
+        finalize, whose tail can span several chunks. Writes only the copy's free slot."""
+        store = self.store
+        [slot] = store.free_slots(1)
+        src = store.slot_of[source]
+        store.take(target, slot)
+        store.copy_row(src, slot)  # the key phrases' graph id too; the source keeps owning the graph
+        self.text.copy(src, slot)
+
+    def split(self, stream_id: int, ahead_frames: int) -> None:
+        """End the stream's utterance now, its text having gone out in a final made from a copy
+        (`clone`) that was stepped `ahead_frames` encoder frames further: the tokens the stream
+        writes over those frames are in that final too, and are dropped (the fork's rule)."""
+        store, slot = self.store, self.store.slot_of[stream_id]
+        self.text.clear(slot)
+        store.utt_tokens[slot], store.split[slot] = 0, True
+        store.drop_before[slot] = store.frames[slot] + ahead_frames
+        store.utt_start[slot] = (store.samples[slot] + ahead_frames * self.chunk_samples / self.frames_per_chunk) \
+            / self.sample_rate
 
     def release(self, stream_id: int) -> None:
         slot = self.store.slot_of.get(stream_id)
