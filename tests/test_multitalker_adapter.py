@@ -204,7 +204,7 @@ def stream_with_fork(adapter, sid: int, audio: np.ndarray, fork_after: int = -1,
         beside.extend(as_tuples(adapter.step([other.item(j)])[0]))
         j += 1
     assert adapter.active_streams() == 0 and adapter.active_rows() == 0
-    assert len(adapter._copies) == adapter.max_streams, "a session copy leaked"
+    assert len(adapter._copies) == len(adapter.row_id) - adapter.max_streams, "a session copy leaked"
     return events, fork_out, beside, talking
 
 
@@ -266,3 +266,28 @@ def test_a_forked_finalize_in_a_pause_repeats_and_loses_no_word_and_leaves_its_n
     assert fork_out.finals and all(f.end <= stop / 16000 for f in fork_out.finals)
     assert words_by_speaker(events) == words_by_speaker(plain) and words_by_speaker(plain)
     assert beside == alone
+
+
+def test_more_forked_finalizes_in_one_step_than_spare_slots_are_all_answered(adapter, monkeypatch):
+    """Sessions finalizing in the same step beyond the spare session slots take further passes of
+    that step: each gets exactly the answer it gets alone, and no copy or row is left behind."""
+    audio = [c[: 16000 * 3] for c in conversations()[:3]]
+    n, tail, at = adapter.chunk_samples, 1100, 12
+
+    def fork_step(sessions: list[int]) -> dict[int, list]:
+        plans = [Plan(800 + s, audio[s], 0) for s in sessions]
+        for i in range(at + 1):
+            adapter.step([p.item(i) for p in plans])
+        passes = adapter.stats["steps"]
+        outs = adapter.step([StepItem(p.stream_id, p.chunks[at + 1][:tail], False, False, end_utterance=True,
+                                      fork=True) for p in plans])
+        passes = adapter.stats["steps"] - passes
+        for p in plans:
+            adapter.release(p.stream_id)
+        return {s: as_tuples(out) for s, out in zip(sessions, outs)}, passes
+
+    alone = {s: fork_step([s])[0][s] for s in range(3)}
+    monkeypatch.setattr(adapter, "fork_slots", 1)
+    together, passes = fork_step([0, 1, 2])
+    assert passes == 3 and together == alone and all(alone.values())
+    assert adapter.active_rows() == 0 and len(adapter._copies) == len(adapter.row_id) - adapter.max_streams

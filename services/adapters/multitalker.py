@@ -26,8 +26,9 @@ Events carry `speaker` ("spk0".."spk3": the diarizer's arrival-ordered output co
 the session). A client finalize ends every stepping row's utterance; close ends them all.
 
 A failed step changes nothing (diarizer states, rows and host bookkeeping are written only after
-every model call of the step returned), except in a drain with several sub-steps, where the
-sub-steps before the failing one stay applied.
+every model call of the step returned), except in a drain with several sub-steps, or a step
+with more forked finalizes than spare session slots (`fork_slots`, run in passes): there the
+sub-steps or passes before the failing one stay applied.
 """
 
 from __future__ import annotations
@@ -81,15 +82,17 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
                  device: str = "cpu", dtype: str = "float32", amp: bool = False, speaker_threshold: float = 0.5,
                  speaker_silence_ms: int = 640, target_threshold: float = 0.3, preroll_chunks: int = 1,
                  max_rows: Optional[int] = None, diar_settings: Optional[DiarizerSettings] = None,
-                 instances: str = "turn", targets: str = "nemo", gate_chunks: int = 2, diar_impl: str = "vectorised"):
+                 instances: str = "turn", targets: str = "nemo", gate_chunks: int = 2, diar_impl: str = "vectorised",
+                 fork_slots: int = 16):
         from .diarizer import StreamingDiarizer
 
         if instances not in ("turn", "session"):
             raise ValueError(f"instances must be 'turn' or 'session', got {instances!r}")
         if targets not in ("nemo", "binary"):
             raise ValueError(f"targets must be 'nemo' or 'binary', got {targets!r}")
-        # speaker rows: up to 4 per session, and the clones of a forked finalize beside them
-        self.asr = _RowASR(model, chunk_ms=chunk_ms, max_streams=max_rows or 6 * max_streams, device=device,
+        # speaker rows: up to 4 per session, and the clones of forked finalizes beside them
+        spare_rows = 4 * max(1, min(fork_slots, max_streams))
+        self.asr = _RowASR(model, chunk_ms=chunk_ms, max_streams=max_rows or 4 * max_streams + spare_rows, device=device,
                            dtype=dtype, endpoint_silence_ms=0, amp=amp)
         self._torch = self.asr._torch
         self.model_name = model
@@ -98,7 +101,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         self.chunk_samples = self.asr.chunk_samples
         self.max_streams = max_streams
         self.diar_settings = diar_settings or DiarizerSettings.from_card("0.32s")
-        self.diar = StreamingDiarizer(diar_model, 2 * max_streams, self.chunk_samples, self.asr.device, dtype,
+        self.diar = StreamingDiarizer(diar_model, max_streams + spare_rows // 4, self.chunk_samples, self.asr.device, dtype,
                                       self.diar_settings, impl=diar_impl)
         if self.diar.frames_per_chunk != self.asr.frames_per_chunk:
             raise ValueError(
@@ -120,8 +123,9 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         # from max_streams on are spare: a forked finalize steps a copy of its session there
         self.slot_of: dict[int, int] = {}
         self._free = list(range(max_streams - 1, -1, -1))
-        self._copies = list(range(2 * max_streams - 1, max_streams - 1, -1))
-        slots = 2 * max_streams
+        self.fork_slots = max(1, min(fork_slots, max_streams))
+        slots = max_streams + self.fork_slots
+        self._copies = list(range(slots - 1, max_streams - 1, -1))
         self.row_id = np.full((slots, n_spk), -1, np.int64)
         self.quiet = np.zeros((slots, n_spk), np.int64)
         self.since_spoke = np.zeros((slots, n_spk), np.int64)  # chunks since the speaker spoke
@@ -176,26 +180,24 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
             if item.boost is not None:  # rows opened from now on take them
                 self.boost[slot] = list(item.boost)
             slots[i] = slot
-        # a forked finalize: the session's copy takes its place in the step (multitalker_fork.py)
-        forks = [(i, int(slots[i])) for i, item in enumerate(items) if item.fork]
-        copies = []
-        try:
-            for i, slot in forks:
-                copies.append(self._fork_session(slot))
-                slots[i] = copies[-1]
-            points = [int(self.samples[slot] + self.held_len[slot, : self.held_n[slot]].sum() + len(items[i].samples))
-                      for i, slot in forks]
-            outputs = self._step(items, slots, opened)
-            for (_, slot), copy, point in zip(forks, copies, points):
-                self._split_at_fork(slot, copy, point)
-            return outputs
-        except BaseException:
-            for _, slot in opened:
-                self._free.append(slot)
-            raise
-        finally:
-            for copy in copies:
-                self._drop_copy(copy)
+        # a forked finalize: the session's copy takes its place in the step (multitalker_fork.py);
+        # forks beyond the spare session slots go in further passes of the same step
+        forks = [i for i, item in enumerate(items) if item.fork]
+        spare = self.fork_slots
+        passes = [[i for i, item in enumerate(items) if not item.fork] + forks[:spare]]
+        passes += [forks[k : k + spare] for k in range(spare, len(forks), spare)]
+        outputs: list = [None] * count
+        for n, group in enumerate(passes):
+            try:
+                done = self._step_with_copies([items[i] for i in group], slots[group], opened if n == 0 else [])
+            except BaseException:
+                if n == 0:
+                    for _, slot in opened:
+                        self._free.append(slot)
+                raise
+            for i, out in zip(group, done):
+                outputs[i] = out
+        return outputs
 
     def _step(self, items: list[StepItem], slots: np.ndarray, opened: list) -> list[StepOutput]:
         if opened:

@@ -31,8 +31,26 @@ SESSION_ARRAYS = ("row_id", "quiet", "since_spoke", "talking", "row_start", "row
 
 
 class ForkedFinalize:
-    """Mixed into MultitalkerAdapter (it provides the session arrays, `asr`, `diar`, `boost`,
-    `_row_ids`, `_copies`, `chunk_samples`)."""
+    """Mixed into MultitalkerAdapter (it provides `_step`, the session arrays, `asr`, `diar`,
+    `boost`, `_row_ids`, `_copies`, `fork_slots`, `chunk_samples`)."""
+
+    def _step_with_copies(self, items, slots, opened):
+        """`_step`, with each forked finalize's session replaced by its copy (at most `fork_slots`)."""
+        forks = [(i, int(slots[i])) for i, item in enumerate(items) if item.fork]
+        copies = []
+        try:
+            points = [int(self.samples[slot] + self.held_len[slot, : self.held_n[slot]].sum() + len(items[i].samples))
+                      for i, slot in forks]  # the finalize's session sample
+            for i, slot in forks:
+                copies.append(self._fork_session(slot))
+                slots[i] = copies[-1]
+            outputs = self._step(items, slots, opened)
+            for (_, slot), copy, point in zip(forks, copies, points):
+                self._split_at_fork(slot, copy, point)
+            return outputs
+        finally:
+            for copy in copies:
+                self._drop_copy(copy)
 
     def _fork_session(self, slot: int) -> int:
         """A spare session slot holding an exact copy of session `slot` (rows cloned under new ids)."""
