@@ -31,7 +31,7 @@ from .protocol import Final, Partial
 
 # P99 from speech end to final transcript, seconds: measured as NEMOTRON_TTFS_P99 is
 # (benchmarks/results/ttfs-160.json, the multitalker row, default finalize mode).
-MULTITALKER_TTFS_P99 = 0.65
+MULTITALKER_TTFS_P99 = 0.53
 
 
 @dataclass

@@ -90,10 +90,11 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
             raise ValueError(f"instances must be 'turn' or 'session', got {instances!r}")
         if targets not in ("nemo", "binary"):
             raise ValueError(f"targets must be 'nemo' or 'binary', got {targets!r}")
-        # speaker rows: up to 4 per session, and the clones of forked finalizes beside them
-        spare_rows = 4 * max(1, min(fork_slots, max_streams))
-        self.asr = _RowASR(model, chunk_ms=chunk_ms, max_streams=max_rows or 4 * max_streams + spare_rows, device=device,
-                           dtype=dtype, endpoint_silence_ms=0, amp=amp)
+        # spare session slots, where a forked finalize steps a copy of its session (multitalker_fork.py)
+        self.fork_slots = fork_slots = max(1, min(fork_slots, max_streams))
+        # speaker rows: up to 4 per session slot, spare ones included (a copy's clones)
+        self.asr = _RowASR(model, chunk_ms=chunk_ms, max_streams=max_rows or 4 * (max_streams + fork_slots),
+                           device=device, dtype=dtype, endpoint_silence_ms=0, amp=amp)
         self._torch = self.asr._torch
         self.model_name = model
         self.diar_model = diar_model
@@ -101,8 +102,8 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         self.chunk_samples = self.asr.chunk_samples
         self.max_streams = max_streams
         self.diar_settings = diar_settings or DiarizerSettings.from_card("0.32s")
-        self.diar = StreamingDiarizer(diar_model, max_streams + spare_rows // 4, self.chunk_samples, self.asr.device, dtype,
-                                      self.diar_settings, impl=diar_impl)
+        self.diar = StreamingDiarizer(diar_model, max_streams + fork_slots, self.chunk_samples, self.asr.device,
+                                      dtype, self.diar_settings, impl=diar_impl)
         if self.diar.frames_per_chunk != self.asr.frames_per_chunk:
             raise ValueError(
                 f"the diarizer gives {self.diar.frames_per_chunk} frames per chunk, the ASR encoder "
@@ -123,8 +124,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         # from max_streams on are spare: a forked finalize steps a copy of its session there
         self.slot_of: dict[int, int] = {}
         self._free = list(range(max_streams - 1, -1, -1))
-        self.fork_slots = max(1, min(fork_slots, max_streams))
-        slots = max_streams + self.fork_slots
+        slots = max_streams + fork_slots
         self._copies = list(range(slots - 1, max_streams - 1, -1))
         self.row_id = np.full((slots, n_spk), -1, np.int64)
         self.quiet = np.zeros((slots, n_spk), np.int64)
