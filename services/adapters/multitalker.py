@@ -36,7 +36,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -321,30 +320,29 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
             self._opening_floor(int(slots[i]), int(k), int(new_ids[i, k]), started)
         pre_groups = []  # one ASR call per pre-roll position, oldest first
         for back in range(int(preroll.max(initial=0)), 0, -1):
-            group = []
-            for i, k in zip(*np.nonzero(preroll >= back)):
-                slot, first = int(slots[i]), bool(opening[i, k] and preroll[i, k] == back)
-                group.append((StepItem(stream_id=int(new_ids[i, k]), samples=self.past_audio[slot, -back].copy(),
-                                       is_first=first, is_last=False, boost=self.boost.get(slot) if first else None),
-                              self._targets(self.past_probs[slot, -back], k)))
-            pre_groups.append(group)
-        row_items, owners, row_targets = [], [], []  # owners: (item index, speaker) per row item
-        for i, k in zip(*np.nonzero(stepping)):
-            item = items[i]
-            first = bool(opening[i, k] and not preroll[i, k])
-            heard_by_row = self.instances == "turn" or since[i, k] < self.gate_chunks
-            fed = item.samples if heard_by_row else item.samples[:0]  # a row past its gate only ends its utterance
-            row_items.append(StepItem(
-                stream_id=int(new_ids[i, k]), samples=fed, is_first=first, is_last=bool(closing[i, k]),
-                boost=self.boost.get(int(slots[i])) if first else None, end_utterance=bool(ending[i, k]),
-                fork=bool(forked[i]),
-            ))
-            owners.append((int(i), int(k), heard_by_row))
-            row_targets.append(self._targets(probs[i], k))
+            pi, pk = np.nonzero(preroll >= back)
+            pre_slots = slots[pi]
+            firsts = (opening[pi, pk] & (preroll[pi, pk] == back)).tolist()
+            group = [StepItem(stream_id=row, samples=self.past_audio[slot, -back].copy(), is_first=first,
+                              is_last=False, boost=self.boost.get(slot) if first else None)
+                     for row, slot, first in zip(new_ids[pi, pk].tolist(), pre_slots.tolist(), firsts)]
+            pre_groups.append((group, self._targets(self.past_probs[pre_slots, -back], pk)))
+        # the rows stepping now: built from the step's arrays, one StepItem each for the ASR step
+        ri, rk = np.nonzero(stepping)
+        heard_by_row = np.ones(len(ri), bool) if self.instances == "turn" else since[ri, rk] < self.gate_chunks
+        row_firsts = (opening[ri, rk] & (preroll[ri, rk] == 0)).tolist()
+        row_items = [
+            StepItem(stream_id=row, samples=items[i].samples if heard else items[i].samples[:0], is_first=first,
+                     is_last=last, boost=self.boost.get(slot) if first else None, end_utterance=end, fork=fork)
+            for i, row, slot, first, last, end, fork, heard in zip(
+                ri.tolist(), new_ids[ri, rk].tolist(), slots[ri].tolist(), row_firsts, closing[ri, rk].tolist(),
+                ending[ri, rk].tolist(), forked[ri].tolist(), heard_by_row.tolist())
+        ]  # (a session row past its gate is fed no audio: it only ends its utterance)
+        row_targets = self._targets(probs[ri], rk)
         pre_outputs, outputs_rows = [], []
         try:
-            for group in pre_groups:
-                pre_outputs += self._asr_step([g[0] for g in group], [g[1] for g in group])
+            for group, targets in pre_groups:
+                pre_outputs += self._asr_step(group, targets)
             outputs_rows = self._asr_step(row_items, row_targets)
         except BaseException:
             for i, k in zip(*np.nonzero(opening)):
@@ -367,9 +365,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         self.row_start[slots] = np.where(opening | waking, started - np.where(opening, 0, self.row_fed[slots]),
                                          self.row_start[slots])
         fed = np.zeros_like(self.row_fed[slots])
-        for i, k, heard_by_row in owners:
-            if heard_by_row:
-                fed[i, k] += lengths[i]
+        fed[ri, rk] = np.where(heard_by_row, lengths[ri], 0)
         self.row_fed[slots] = np.where(opening, 0, self.row_fed[slots]) + fed + preroll * self.chunk_samples
         self.samples[slots] += lengths
         if self.preroll:
@@ -383,10 +379,11 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
                 self.past_count[slot] += 1
         outputs = [StepOutput() for _ in items]
         assert not any(out.finals for out in pre_outputs)  # no row's first chunk is a last one
-        for (i, k, _), out in zip(owners, outputs_rows):
-            offset = self.row_start[slots[i], k] / self.sample_rate
+        offsets = (self.row_start[slots[ri], rk] / self.sample_rate).tolist()
+        for i, k, offset, out in zip(ri.tolist(), rk.tolist(), offsets, outputs_rows):
             speaker = self.speakers[k]
-            outputs[i].finals.extend(_moved(f, offset, speaker) for f in out.finals)
+            for final in out.finals:
+                outputs[i].finals.append(_moved(final, offset, speaker))
             if out.partial is not None:
                 outputs[i].partials.append(_moved(out.partial, offset, speaker))
         self.stats["rows"] += len(row_items) + len(pre_outputs)
@@ -397,19 +394,20 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
     def commit(self, outputs: list[StepOutput]) -> list[StepOutput]:
         return outputs
 
-    def _targets(self, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Speaker k's and everyone else's targets [frames] from a chunk's probabilities [frames, speakers]."""
-        others = np.delete(probs, k, axis=1)
+    def _targets(self, probs: np.ndarray, speaker: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's own and everyone else's targets [rows, frames], from its chunk's speaker
+        probabilities `probs` [rows, frames, speakers] and its speaker column `speaker` [rows]."""
+        own = np.take_along_axis(probs, speaker[:, None, None], axis=2)[:, :, 0]
+        others = (np.arange(probs.shape[2]) != speaker[:, None])[:, None, :]  # [rows, 1, speakers]
         if self.target_mode == "nemo":  # SpeakerTaggedASR: raw own probability, others > 0.5
-            return probs[:, k], (others > 0.5).any(axis=1).astype(np.float32)
+            return own.astype(np.float32), ((probs > 0.5) & others).any(axis=2).astype(np.float32)
         threshold = self.target_threshold
-        return (probs[:, k] >= threshold).astype(np.float32), (others >= threshold).any(axis=1).astype(np.float32)
+        return (own >= threshold).astype(np.float32), ((probs >= threshold) & others).any(axis=2).astype(np.float32)
 
-    def _asr_step(self, row_items: list[StepItem], targets: list) -> list[StepOutput]:
+    def _asr_step(self, row_items: list[StepItem], targets: tuple[np.ndarray, np.ndarray]) -> list[StepOutput]:
         if not row_items:
             return []
-        self.asr.targets = (np.array([t[0] for t in targets], np.float32),
-                            np.array([t[1] for t in targets], np.float32))
+        self.asr.targets = targets
         try:
             return self.asr.step(row_items)
         finally:
@@ -449,9 +447,9 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
 
 
 def _moved(event, offset: float, speaker: str):
-    """A row's event in session-stream time, labelled with its speaker."""
-    changes = {"start": round(event.start + offset, 3), "end": round(event.end + offset, 3), "speaker": speaker}
-    if hasattr(event, "words"):
-        changes["words"] = [replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3))
-                            for w in event.words]
-    return replace(event, **changes)
+    """A row's event in session-stream time, labelled with its speaker. The row's events are
+    made fresh by each step, so they are shifted in place (no copy per event and word)."""
+    event.start, event.end, event.speaker = round(event.start + offset, 3), round(event.end + offset, 3), speaker
+    for word in getattr(event, "words", ()):
+        word.start, word.end = round(word.start + offset, 3), round(word.end + offset, 3)
+    return event
