@@ -368,15 +368,17 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         fed[ri, rk] = np.where(heard_by_row, lengths[ri], 0)
         self.row_fed[slots] = np.where(opening, 0, self.row_fed[slots]) + fed + preroll * self.chunk_samples
         self.samples[slots] += lengths
-        if self.preroll:
-            for i in heard.tolist():
-                slot = slots[i]
-                self.past_audio[slot] = np.roll(self.past_audio[slot], -1, axis=0)
-                self.past_audio[slot, -1, : lengths[i]] = items[i].samples
-                self.past_audio[slot, -1, lengths[i]:] = 0.0
-                self.past_probs[slot] = np.roll(self.past_probs[slot], -1, axis=0)
-                self.past_probs[slot, -1] = probs[i]
-                self.past_count[slot] += 1
+        if self.preroll and len(heard):  # each heard session's chunk joins its pre-roll, the oldest leaves
+            kept_slots = slots[heard]
+            self.past_audio[kept_slots, :-1] = self.past_audio[kept_slots, 1:]
+            self.past_probs[kept_slots, :-1] = self.past_probs[kept_slots, 1:]
+            newest = self.past_audio[kept_slots, -1]
+            newest[:] = 0.0
+            for j, i in enumerate(heard.tolist()):
+                newest[j, : lengths[i]] = items[i].samples
+            self.past_audio[kept_slots, -1] = newest
+            self.past_probs[kept_slots, -1] = probs[heard]
+            self.past_count[kept_slots] += 1
         outputs = [StepOutput() for _ in items]
         assert not any(out.finals for out in pre_outputs)  # no row's first chunk is a last one
         offsets = (self.row_start[slots[ri], rk] / self.sample_rate).tolist()

@@ -84,7 +84,7 @@ class UtteranceEvents:
             spoken = (utt_tokens > 0) | store.split[group_slots]
             ended |= spoken & (silent * self.stride_ms >= self.endpoint_silence_ms)
         plan.ended[items] = ended
-        plan.host_rows.update({int(s): (int(si), int(ut)) for s, si, ut in zip(group_slots, silent, utt_tokens)})
+        plan.host_rows.update(zip(group_slots.tolist(), zip(silent.tolist(), utt_tokens.tolist())))
         with_tokens = np.flatnonzero(count)
         if len(with_tokens):
             np.clip(confidence, 0.0, 1.0, out=confidence)  # max_prob can round a hair above 1
@@ -146,19 +146,24 @@ class UtteranceEvents:
         silent, utt_tokens = store.silent[safe].copy(), store.utt_tokens[safe].copy()
         split = store.split[safe].copy()
         drop_before = self._drop_before(plan, safe)
-        for i, slot in enumerate(slots.tolist()):
-            if slot in plan.host_rows and not forked[i]:
-                silent[i], utt_tokens[i] = plan.host_rows[slot]
-            if slot in plan.floor_done and not forked[i]:
+        slot_list, host_rows, fork_list = slots.tolist(), plan.host_rows, forked.tolist()
+        rows = [i for i, slot in enumerate(slot_list) if slot in host_rows and not fork_list[i]]
+        if rows:
+            stepped_rows = np.array([host_rows[slot_list[i]] for i in rows], np.int64)
+            silent[rows], utt_tokens[rows] = stepped_rows[:, 0], stepped_rows[:, 1]
+        for i, slot in enumerate(slot_list if plan.floor_done else ()):
+            if slot in plan.floor_done and not fork_list[i]:
                 drop_before[i] = 0
         now_list = (samples / self.sample_rate).tolist()
+        plan.outputs = outputs = [StepOutput() for _ in items]
+        deltas, partials, heard = plan.deltas, self.text.partial, self.text.frames
+        cuts = self.max_utterance_frames is not None
         for i, item in enumerate(items):
-            slot = int(slots[i])
-            out = StepOutput()
-            plan.outputs.append(out)
+            slot = slot_list[i]
             if slot < 0:
                 continue
-            now, delta = now_list[i], plan.deltas.get(slot)
+            out, now = outputs[i], now_list[i]
+            delta = deltas[slot] if slot in deltas else None
 
             def emit(final: Optional[Final]) -> None:
                 if final is not None:
@@ -190,8 +195,8 @@ class UtteranceEvents:
                 if item.end_utterance:
                     split[i] = True
                 continue
-            text = delta.partial if delta is not None else self.text.partial[slot]
-            if self._too_long(slot, delta, int(frames[i])):
+            text = delta.partial if delta is not None else partials[slot]
+            if cuts and (heard[slot] or delta is not None) and self._too_long(slot, delta, int(frames[i])):
                 utterance = self._utterance(slot, delta)
                 cut = self.text.cut_index(utterance[0])
                 emit(self._final(tuple(x[:cut] for x in utterance), now, utt_start[i]))

@@ -215,15 +215,15 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         results: list = list(plan.outputs)
         finished = {slot: (action, arg) for slot, action, arg in plan.finished}
         closed = dict((slot, sid) for sid, slot in plan.closed)
-        for i, item in enumerate(plan.items):
-            slot = int(plan.slots[i])
-            if slot < 0:
-                continue
+        boosts, deltas = plan.boosts, plan.deltas
+        for i, slot in enumerate(plan.slots.tolist()):
+            if slot < 0 or not (slot in deltas or slot in finished or slot in closed or slot in boosts):
+                continue  # nothing of this item's own to store (most rows of most steps)
             try:
                 self._commit_slot(plan, slot, finished.get(slot), closed.get(slot))
             except Exception as exc:  # this stream's state is suspect: it alone ends
                 results[i] = exc
-                self.release(item.stream_id)
+                self.release(plan.items[i].stream_id)
         if self.on_eou is not None:
             for latency in plan.eou_latencies:
                 self.on_eou(latency)
@@ -253,37 +253,40 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         store = self.store
         count = len(items)
         slots = np.full(count, -1, np.int64)
-        fresh = store.free_slots(sum(1 for item in items if item.is_first))
-        opened, boosts, new_floors = [], {}, {}
-        batch, valid, last_rows = [], [], []
-        audio, chunk = self._audio, self.chunk_samples
-        try:
+        fresh = store.free_slots(sum([item.is_first for item in items]))
+        opened, boosts, new_floors, last_rows = [], {}, {}, []
+        batch, valid = np.empty(count, np.int64), np.empty(count, np.int64)
+        audio, chunk, slot_of, j = self._audio, self.chunk_samples, store.slot_of, 0
+        try:  # (per item only attribute reads and array writes: this loop runs for every row of a step)
             for i, item in enumerate(items):
                 if item.is_first:
                     slot = fresh.pop(0)
                     opened.append((item.stream_id, slot))
                     if item.stream_id in self.floors:
                         new_floors[slot] = self.floors[item.stream_id]
+                elif item.stream_id in slot_of:
+                    slot = slot_of[item.stream_id]
                 else:
-                    slot = store.slot_of.get(item.stream_id, -1)
+                    slot = -1
                 slots[i] = slot
                 if slot >= 0 and (item.boost is not None or item.is_first):
                     boosts[slot] = self.boosting.build(item.boost or [])
-                k = len(item.samples)
+                samples = item.samples
+                k = samples.shape[0]
                 if slot < 0 or not (k or item.is_last or not item.end_utterance):
                     continue  # a finalize with no new audio: no model call, the utterance is only split
-                j = len(batch)
-                batch.append(i)
-                valid.append(chunk if item.fork else k)  # a forked tail: its zeros are the silence after it
-                audio[j, :k] = item.samples
+                batch[j] = i
+                valid[j] = chunk if item.fork else k  # a forked tail: its zeros are the silence after it
+                audio[j, :k] = samples
                 audio[j, k:] = 0.0
                 if item.is_last:
                     last_rows.append(j)
+                j += 1
         except BaseException:
             self.boosting.discard(boosts.values())
             raise
-        return Prepared(items=items, slots=slots, opened=opened, boosts=boosts, batch=np.array(batch, np.int64),
-                         valid=np.array(valid, np.int64), last_rows=last_rows, new_floors=new_floors)
+        return Prepared(items=items, slots=slots, opened=opened, boosts=boosts, batch=batch[:j], valid=valid[:j],
+                        last_rows=last_rows, new_floors=new_floors)
 
     def _run_model(self, plan: Prepared) -> None:
         """Features, encoder and decoder for every stepped row; new state kept in `plan`."""
@@ -342,10 +345,10 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         encoded = self._after_encoder(encoded, items)
         t1 = time.perf_counter()
         bias = store.bias_id[slots[rows]].copy()
-        for j, item in enumerate(items.tolist()):  # graphs this step sets apply from this chunk on
-            slot = int(plan.slots[item])
-            if slot in plan.boosts:
-                bias[j] = self.boosting.id_of(plan.boosts[slot])
+        if plan.boosts:  # graphs this step sets apply from this chunk on
+            for j, slot in enumerate(plan.slots[items].tolist()):
+                if slot in plan.boosts:
+                    bias[j] = self.boosting.id_of(plan.boosts[slot])
         if not self.greedy.computer.per_stream_biasing_enabled:
             bias = None
         lengths, tokens, frames, confidence, state = self.greedy.step(store, idx, encoded, encoded_len, bias)
