@@ -43,6 +43,7 @@ import numpy as np
 from pipecat_nvasr.protocol import BoostPhrase
 
 from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
+from . import lookahead
 from .diarizer_settings import DiarizerSettings
 from .multitalker_fork import ForkedFinalize
 from .vectorised import VectorisedRNNTAdapter
@@ -209,51 +210,19 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
             self.diarized[new_slots] = 0
             self.past_count[new_slots] = 0
             self.held_n[new_slots] = 0
-        # what each session transcribes now: its held chunks, then the new one, all but `hold` of
-        # them (all of them on a finalize or the stream's end)
-        pending, due = [], np.empty(len(items), np.int64)
-        for i, item in enumerate(items):
-            slot = slots[i]
-            chunks = [self.held[slot, j, : self.held_len[slot, j]] for j in range(self.held_n[slot])]
-            if len(item.samples):
-                chunks.append(item.samples)
-            pending.append(chunks)
-            drain = item.is_last or item.end_utterance
-            due[i] = len(chunks) if drain else max(0, len(chunks) - self.hold)
-        outputs = [StepOutput() for _ in items]
-        rounds = max(1, int(due.max(initial=0)))
-        for r in range(rounds):
-            # sub-step r: each session's r-th due chunk; sessions that end or finalize join their last
-            # round (with no audio when nothing is due)
-            take = np.flatnonzero(due > r)
-            ends = [i for i, item in enumerate(items) if (item.is_last or item.end_utterance)
-                    and max(1, due[i]) - 1 == r]
-            members = sorted(set(take.tolist()) | set(ends))
-            if not members:
-                continue
-            sub_items, windows = [], []
-            for i in members:
-                item, last_round = items[i], max(1, due[i]) - 1 == r
-                samples = pending[i][r] if due[i] > r else item.samples[:0]
-                sub_items.append(StepItem(item.stream_id, samples, is_first=bool(self.diarized[slots[i]] == 0),
-                                          is_last=item.is_last and last_round,
-                                          end_utterance=item.end_utterance and last_round,
-                                          fork=item.fork and last_round))
-                windows.append(np.concatenate(pending[i][r : r + 1 + self.hold]) if due[i] > r else None)
-            sub_out = self._substep(sub_items, windows, slots[members])
-            for i, out in zip(members, sub_out):
-                outputs[i].finals.extend(out.finals)
-                outputs[i].partials = out.partials  # cumulative: the latest sub-step's
-        # the look-ahead kept for the next step
-        for i, item in enumerate(items):
-            slot = slots[i]
-            rest = pending[i][due[i]:]
-            self.held_n[slot] = len(rest)
-            for j, chunk in enumerate(rest):
-                self.held[slot, j, : len(chunk)] = chunk
-                self.held_len[slot, j] = len(chunk)
+        rounds, keep = lookahead.plan(items, slots, self.held, self.held_len, self.held_n, self.hold)
+        if len(rounds) == 1 and len(rounds[0].members) == len(items):  # the common step: one sub-step
+            outputs = self._substep(rounds[0], slots)
+        else:
+            outputs = [StepOutput() for _ in items]
+            for sub in rounds:
+                for i, out in zip(sub.members.tolist(), self._substep(sub, slots[sub.members])):
+                    outputs[i].finals.extend(out.finals)
+                    outputs[i].partials = out.partials  # cumulative: the latest sub-step's
+        keep()  # the look-ahead held for the next step
         for output in outputs:
-            output.finals.sort(key=lambda f: (f.start, f.end))
+            if output.finals:
+                output.finals.sort(key=lambda f: (f.start, f.end))
         for stream_id, slot in opened:
             self.slot_of[stream_id] = slot
         for i, item in enumerate(items):
@@ -263,18 +232,20 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         self.stats["sessions"] += len(items)
         return outputs
 
-    def _substep(self, items: list[StepItem], windows: list, slots: np.ndarray) -> list[StepOutput]:
-        """One diarizer call and one ASR call (after the pre-roll groups) for one chunk per item."""
-        n_spk, frames, count = self.diar.n_speakers, self.frames, len(items)
-        lengths = np.array([len(item.samples) for item in items], np.int64)
+    def _substep(self, sub: lookahead.SubChunks, slots: np.ndarray) -> list[StepOutput]:
+        """One diarizer call and one ASR call (after the pre-roll groups) for one chunk per session."""
+        n_spk, frames, count = self.diar.n_speakers, self.frames, len(slots)
+        lengths = sub.lengths
         heard = np.flatnonzero(lengths > 0)
         probs = np.zeros((count, frames, n_spk), np.float32)
         commit = None
         t0 = time.perf_counter()
         if len(heard):
-            valid = np.array([min(len(windows[i]), self.diar.window_samples) for i in heard.tolist()], np.int64)
-            first = np.array([items[i].is_first for i in heard.tolist()], bool)
-            probs[heard], commit = self.diar.step(slots[heard], [windows[i] for i in heard.tolist()], valid, first)
+            all_heard = len(heard) == count
+            windows = sub.windows if all_heard else [sub.windows[i] for i in heard.tolist()]
+            valid = np.minimum(sub.window_lengths[heard], self.diar.window_samples)
+            first = self.diarized[slots[heard]] == 0
+            probs[heard], commit = self.diar.step(slots[heard], windows, valid, first)
         t1 = time.perf_counter()
         active = probs >= self.speaker_threshold
         rows_now = self.row_id[slots].copy()  # [count, n_spk]
@@ -285,9 +256,8 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         silent_item = lengths == 0
         quiet[silent_item] = self.quiet[slots][silent_item]
         since[silent_item] = self.since_spoke[slots][silent_item]
-        is_last = np.array([item.is_last for item in items], bool)
-        finalize = np.array([item.end_utterance for item in items], bool)
-        forked = np.array([item.fork for item in items], bool)  # the partial chunk of a forked finalize
+        is_last, finalize = sub.is_last, sub.end_utterance
+        forked = sub.fork  # the partial chunk of a forked finalize
         copy = slots >= self.max_streams  # a session's copy (multitalker_fork.py): its rows stay open
         opening = spoke & (rows_now < 0)
         open_after = (rows_now >= 0) | opening
@@ -332,7 +302,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         heard_by_row = np.ones(len(ri), bool) if self.instances == "turn" else since[ri, rk] < self.gate_chunks
         row_firsts = (opening[ri, rk] & (preroll[ri, rk] == 0)).tolist()
         row_items = [
-            StepItem(stream_id=row, samples=items[i].samples if heard else items[i].samples[:0], is_first=first,
+            StepItem(stream_id=row, samples=sub.samples[i] if heard else sub.samples[i][:0], is_first=first,
                      is_last=last, boost=self.boost.get(slot) if first else None, end_utterance=end, fork=fork)
             for i, row, slot, first, last, end, fork, heard in zip(
                 ri.tolist(), new_ids[ri, rk].tolist(), slots[ri].tolist(), row_firsts, closing[ri, rk].tolist(),
@@ -375,11 +345,11 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
             newest = self.past_audio[kept_slots, -1]
             newest[:] = 0.0
             for j, i in enumerate(heard.tolist()):
-                newest[j, : lengths[i]] = items[i].samples
+                newest[j, : lengths[i]] = sub.samples[i]
             self.past_audio[kept_slots, -1] = newest
             self.past_probs[kept_slots, -1] = probs[heard]
             self.past_count[kept_slots] += 1
-        outputs = [StepOutput() for _ in items]
+        outputs = [StepOutput() for _ in range(count)]
         assert not any(out.finals for out in pre_outputs)  # no row's first chunk is a last one
         offsets = (self.row_start[slots[ri], rk] / self.sample_rate).tolist()
         for i, k, offset, out in zip(ri.tolist(), rk.tolist(), offsets, outputs_rows):
