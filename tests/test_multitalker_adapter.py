@@ -324,3 +324,42 @@ def test_python_calls_per_added_session_step_are_counted_and_bounded(adapter):
     assert added["ops"] == 0 and added["syncs"] == 0, costs
     assert added["calls"] <= CALLS_PER_SESSION_STEP, added
     assert adapter.active_streams() == 0 and adapter.active_rows() == 0
+
+
+@pytest.mark.parametrize("right_context", [1, 7])  # one chunk held back (the default), four
+def test_the_common_steps_window_matrix_gives_what_the_per_session_drain_gives(monkeypatch, right_context):
+    """lookahead.py builds the common step (every session holds `hold` whole chunks and brings one
+    more) from one window matrix; any other step goes through the per-session drain. Forcing every
+    step through the drain must change no event (finalizes and ends on the way included)."""
+    from services.adapters import lookahead
+    from services.adapters.diarizer_settings import DiarizerSettings
+    from services.adapters.multitalker import MultitalkerAdapter
+
+    def run():
+        adapter = MultitalkerAdapter(*multitalker_models(), max_streams=4, dtype="float64",
+                                     diar_settings=DiarizerSettings(right_context=right_context))
+        n, audio = adapter.chunk_samples, conversations()[:2]
+        events, steps = [], max(len(a) for a in audio) // n + 1
+        for t in range(steps):
+            items = [StepItem(s, a[t * n : (t + 1) * n], is_first=t == 0, is_last=(t + 1) * n >= len(a),
+                              end_utterance=s == 1 and t % 13 == 12)
+                     for s, a in enumerate(audio) if t * n < len(a)]
+            for out in adapter.step(items):
+                events.append([(e.text, e.speaker, e.start, e.end) for e in out.finals + out.partials])
+        assert adapter.active_streams() == 0 and adapter.active_rows() == 0
+        return adapter.hold, events
+
+    steady_steps = []
+    steady = lookahead._steady
+    monkeypatch.setattr(lookahead, "_steady", lambda *args: steady_steps.append(1) or steady(*args))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        hold, common = run()
+        monkeypatch.setattr(lookahead, "plan", lambda items, *arrays: lookahead._draining(items, *arrays))
+        _, drained = run()
+    finally:
+        torch.set_default_dtype(old)
+    assert hold == (1 if right_context == 1 else 4)
+    assert len(steady_steps) > len(common) // 4 and sum(map(len, common)) > 20, (len(steady_steps), len(common))
+    assert drained == common

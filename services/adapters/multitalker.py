@@ -5,7 +5,7 @@ One engine stream is one session (a mixed conversation). Per step:
    Sortformer step): speaker probabilities for the chunk's 80 ms frames. With look-ahead
    (`DiarizerSettings.right_context` frames) a chunk is diarized, and transcribed, only once the
    chunks after it have arrived: the session holds back ceil(right_context / chunk) chunks; a
-   finalize or the stream's end drains them (one sub-step per held chunk).
+   finalize or the stream's end drains them (one sub-step per held chunk; `lookahead.py`).
 2. Speaker rows, one cache-aware ASR stream per (session, speaker), in one of two `instances`
    semantics (measured against each other in tests/assets/tiny_multitalker.md):
    - "turn": a row OPENS when the speaker's probability reaches `speaker_threshold`, starting
