@@ -55,7 +55,8 @@ def _steady(items: list[StepItem], slots: np.ndarray, held: np.ndarray, hold: in
         window[j, hold * n :] = item.samples
     no = np.zeros(count, bool)
     sub = SubChunks(members=np.arange(count), samples=window[:, :n], lengths=np.full(count, n, np.int64),
-                    windows=window, window_lengths=np.full(count, window.shape[1], np.int64), is_last=no, end_utterance=no, fork=no)
+                    windows=window, window_lengths=np.full(count, window.shape[1], np.int64),
+                    is_last=no, end_utterance=no, fork=no)
 
     def keep() -> None:
         held[slots, :hold] = window[:, n:].reshape(count, hold, n)

@@ -241,8 +241,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         commit = None
         t0 = time.perf_counter()
         if len(heard):
-            all_heard = len(heard) == count
-            windows = sub.windows if all_heard else [sub.windows[i] for i in heard.tolist()]
+            windows = sub.windows if len(heard) == count else [sub.windows[i] for i in heard.tolist()]
             valid = np.minimum(sub.window_lengths[heard], self.diar.window_samples)
             first = self.diarized[slots[heard]] == 0
             probs[heard], commit = self.diar.step(slots[heard], windows, valid, first)
