@@ -33,7 +33,6 @@ sub-steps or passes before the failing one stay applied.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from typing import Optional
@@ -46,6 +45,7 @@ from ..engine.adapter import StepItem, StepOutput, StreamingAdapter
 from . import lookahead
 from .diarizer_settings import DiarizerSettings
 from .multitalker_fork import ForkedFinalize
+from .rows import Rows
 from .vectorised import VectorisedRNNTAdapter
 
 
@@ -120,6 +120,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         self.hold = math.ceil(self.diar_settings.right_context / self.frames)  # chunks of look-ahead
         n_spk = self.diar.n_speakers
         self.speakers = [f"spk{k}" for k in range(n_spk)]
+        self._speaker_names = np.array(self.speakers, dtype=object)
         # per session slot (host): its rows, the speakers' quiet frames, each row's time offset. Slots
         # from max_streams on are spare: a forked finalize steps a copy of its session there
         self.slot_of: dict[int, int] = {}
@@ -135,7 +136,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         self.samples = np.zeros(slots, np.int64)  # session samples diarized and transcribed
         self.diarized = np.zeros(slots, np.int64)  # chunks diarized
         self.boost: dict[int, list[BoostPhrase]] = {}
-        self._row_ids = itertools.count(1)
+        self._next_row = 1  # the next speaker row's ASR stream id
         # chunks held back for the diarizer's look-ahead
         self.held = np.zeros((slots, max(1, self.hold), self.chunk_samples), np.float32)
         self.held_len = np.zeros((slots, max(1, self.hold)), np.int64)
@@ -274,9 +275,10 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
             stepping = gated | ending | closing
             waking = gated & ~opening & (self.since_spoke[slots] >= self.gate_chunks)  # skipped chunks before
             talking = (was_talking | spoke) & ~ending
-        new_ids = np.where(opening, 0, rows_now)
-        for i, k in zip(*np.nonzero(opening)):
-            new_ids[i, k] = next(self._row_ids)
+        new_ids = rows_now.copy()
+        n_opening = int(opening.sum())
+        new_ids[opening] = self._next_row + np.arange(n_opening)  # (row-major: sessions, then speakers)
+        self._next_row += n_opening
         # pre-roll: rows opening (or waking) are first fed the session's last chunks
         kept = np.minimum(self.past_count[slots], self.preroll)
         if self.instances == "session":  # a waking row skipped only the chunks since the gate closed
@@ -291,28 +293,33 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         for back in range(int(preroll.max(initial=0)), 0, -1):
             pi, pk = np.nonzero(preroll >= back)
             pre_slots = slots[pi]
-            firsts = (opening[pi, pk] & (preroll[pi, pk] == back)).tolist()
-            group = [StepItem(stream_id=row, samples=self.past_audio[slot, -back].copy(), is_first=first,
-                              is_last=False, boost=self.boost.get(slot) if first else None)
-                     for row, slot, first in zip(new_ids[pi, pk].tolist(), pre_slots.tolist(), firsts)]
+            firsts = opening[pi, pk] & (preroll[pi, pk] == back)
+            count_pre = len(pi)
+            group = Rows(stream_id=new_ids[pi, pk].tolist(), samples=list(self.past_audio[pre_slots, -back]),
+                         is_first=firsts.tolist(), is_last=[False] * count_pre, end_utterance=[False] * count_pre,
+                         fork=[False] * count_pre, boost=self._boosts(firsts, pre_slots), sparse=True)
             pre_groups.append((group, self._targets(self.past_probs[pre_slots, -back], pk)))
-        # the rows stepping now: built from the step's arrays, one StepItem each for the ASR step
+        # the rows stepping now, as columns of the step's arrays (rows.py: no object per row)
         ri, rk = np.nonzero(stepping)
-        heard_by_row = np.ones(len(ri), bool) if self.instances == "turn" else since[ri, rk] < self.gate_chunks
-        row_firsts = (opening[ri, rk] & (preroll[ri, rk] == 0)).tolist()
-        row_items = [
-            StepItem(stream_id=row, samples=sub.samples[i] if heard else sub.samples[i][:0], is_first=first,
-                     is_last=last, boost=self.boost.get(slot) if first else None, end_utterance=end, fork=fork)
-            for i, row, slot, first, last, end, fork, heard in zip(
-                ri.tolist(), new_ids[ri, rk].tolist(), slots[ri].tolist(), row_firsts, closing[ri, rk].tolist(),
-                ending[ri, rk].tolist(), forked[ri].tolist(), heard_by_row.tolist())
-        ]  # (a session row past its gate is fed no audio: it only ends its utterance)
+        row_firsts = opening[ri, rk] & (preroll[ri, rk] == 0)
+        row_samples = [sub.samples[i] for i in ri.tolist()]
+        heard_by_row = None
+        if self.instances == "session":  # a session row past its gate is fed no audio: it only ends its utterance
+            heard_by_row = since[ri, rk] < self.gate_chunks
+            for j in np.flatnonzero(~heard_by_row).tolist():
+                row_samples[j] = row_samples[j][:0]
+        started = self.samples[slots][:, None] - preroll * self.chunk_samples  # a row's sample 0, if it opens
+        row_start = np.where(opening | waking, started - np.where(opening, 0, self.row_fed[slots]), self.row_start[slots])
+        rows = Rows(stream_id=new_ids[ri, rk].tolist(), samples=row_samples, is_first=row_firsts.tolist(),
+                    is_last=closing[ri, rk].tolist(), end_utterance=ending[ri, rk].tolist(), fork=forked[ri].tolist(),
+                    boost=self._boosts(row_firsts, slots[ri]), sparse=True,
+                    offset=row_start[ri, rk] / self.sample_rate, speaker=self._speaker_names[rk].tolist())
         row_targets = self._targets(probs[ri], rk)
-        pre_outputs, outputs_rows = [], []
         try:
             for group, targets in pre_groups:
-                pre_outputs += self._asr_step(group, targets)
-            outputs_rows = self._asr_step(row_items, row_targets)
+                finals, _ = self._asr_step(group, targets)
+                assert not finals  # no row's first chunk is a last one
+            row_events = self._asr_step(rows, row_targets)
         except BaseException:
             for i, k in zip(*np.nonzero(opening)):
                 self.asr.release(int(new_ids[i, k]))
@@ -327,14 +334,9 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         self.quiet[slots] = quiet
         self.since_spoke[slots] = since
         self.talking[slots] = talking
-        # a row's sample 0 in session time: where it opened (minus pre-roll); a session row that
-        # wakes after skipping chunks is re-anchored (words of an utterance still open across the
-        # gap shift by the gap)
-        started = self.samples[slots][:, None] - preroll * self.chunk_samples
-        self.row_start[slots] = np.where(opening | waking, started - np.where(opening, 0, self.row_fed[slots]),
-                                         self.row_start[slots])
+        self.row_start[slots] = row_start  # a row's sample 0 in session time (a waking session row re-anchors)
         fed = np.zeros_like(self.row_fed[slots])
-        fed[ri, rk] = np.where(heard_by_row, lengths[ri], 0)
+        fed[ri, rk] = lengths[ri] if heard_by_row is None else np.where(heard_by_row, lengths[ri], 0)
         self.row_fed[slots] = np.where(opening, 0, self.row_fed[slots]) + fed + preroll * self.chunk_samples
         self.samples[slots] += lengths
         if self.preroll and len(heard):  # each heard session's chunk joins its pre-roll, the oldest leaves
@@ -349,15 +351,14 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
             self.past_probs[kept_slots, -1] = probs[heard]
             self.past_count[kept_slots] += 1
         outputs = [StepOutput() for _ in range(count)]
-        assert not any(out.finals for out in pre_outputs)  # no row's first chunk is a last one
-        offsets = (self.row_start[slots[ri], rk] / self.sample_rate).tolist()
-        for i, k, offset, out in zip(ri.tolist(), rk.tolist(), offsets, outputs_rows):
-            speaker = self.speakers[k]
-            for final in out.finals:
-                outputs[i].finals.append(_moved(final, offset, speaker))
-            if out.partial is not None:
-                outputs[i].partials.append(_moved(out.partial, offset, speaker))
-        self.stats["rows"] += len(row_items) + len(pre_outputs)
+        finals, partials = row_events
+        session = ri.tolist()
+        for j, events in finals.items():
+            offset, speaker = float(rows.offset[j]), rows.speaker[j]
+            outputs[session[j]].finals.extend(_moved(final, offset, speaker) for final in events)
+        for j, partial in partials.items():  # (in row order: a session's speakers in column order)
+            outputs[session[j]].partials.append(partial)
+        self.stats["rows"] += len(rows) + sum(len(group) for group, _ in pre_groups)
         self.stats["diarizer_seconds"] += t1 - t0
         self.stats["asr_seconds"] += t2 - t1
         return outputs
@@ -375,16 +376,28 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         threshold = self.target_threshold
         return (own >= threshold).astype(np.float32), ((probs >= threshold) & others).any(axis=2).astype(np.float32)
 
-    def _asr_step(self, row_items: list[StepItem], targets: tuple[np.ndarray, np.ndarray]) -> list[StepOutput]:
-        if not row_items:
-            return []
+    def _boosts(self, firsts: np.ndarray, slots: np.ndarray) -> dict[int, list]:
+        """Rows opening now take their session's key phrases (row → phrases, for sessions with any)."""
+        if not self.boost:
+            return {}
+        return {j: self.boost[slot] for j, slot in zip(np.flatnonzero(firsts).tolist(), slots[firsts].tolist())
+                if slot in self.boost}
+
+    def _asr_step(self, rows: Rows, targets: tuple[np.ndarray, np.ndarray]) -> tuple[dict, dict]:
+        """One ASR step over speaker rows: their finals and partials by row (the rows that have one)."""
+        if not len(rows):
+            return {}, {}
         self.asr.targets = targets
         try:
-            return self.asr.step(row_items)
+            plan = self.asr.prepare_rows(rows)
+            failed = self.asr.commit_rows(plan)
         finally:
             self.asr.targets = None
             if self.asr.conditioned:
                 self.asr.wrapper.asr_model.clear_speaker_targets()
+        if failed:
+            raise next(iter(failed.values()))
+        return plan.finals, plan.partials
 
     def compile_boost(self, phrases) -> None:
         self.asr.compile_boost(phrases)

@@ -32,7 +32,7 @@ SESSION_ARRAYS = ("row_id", "quiet", "since_spoke", "talking", "row_start", "row
 
 class ForkedFinalize:
     """Mixed into MultitalkerAdapter (it provides `_step`, the session arrays, `asr`, `diar`,
-    `boost`, `_row_ids`, `_copies`, `fork_slots`, `chunk_samples`)."""
+    `boost`, `_next_row`, `_copies`, `fork_slots`, `chunk_samples`)."""
 
     def _step_with_copies(self, items, slots, opened):
         """`_step`, with each forked finalize's session replaced by its copy (at most `fork_slots`)."""
@@ -67,7 +67,7 @@ class ForkedFinalize:
             self.diar.copy_rows([slot], [copy])
             for k, row in enumerate(self.row_id[slot].tolist()):
                 if row >= 0:
-                    clone = next(self._row_ids)
+                    clone, self._next_row = self._next_row, self._next_row + 1
                     self.asr.clone(row, clone)
                     self.row_id[copy, k] = clone
         except BaseException:

@@ -18,14 +18,15 @@ import numpy as np
 
 from pipecat_nvasr.protocol import Final, Partial, Word
 
-from ..engine.adapter import StepItem, StepOutput
+from ..engine.adapter import StepOutput
+from .rows import Rows
 
 
 @dataclass
 class Prepared:
     """One step, computed: what `commit` writes and the events it returns."""
 
-    items: list[StepItem]
+    rows: Rows  # the step's items, as columns
     slots: np.ndarray  # each item's slot (-1: none)
     opened: list[tuple[int, int]]  # (stream id, slot) streams that start in this step
     boosts: dict[int, object]  # slot → its new boosting config (None: none)
@@ -44,7 +45,9 @@ class Prepared:
     finished: list = field(default_factory=list)  # (slot, text action, arg): text after each final
     restart: list[int] = field(default_factory=list)  # slots whose decoder restarts at <SOS>
     closed: list[tuple[int, int]] = field(default_factory=list)  # (stream id, slot) streams that end
-    outputs: list[StepOutput] = field(default_factory=list)
+    outputs: list[StepOutput] = field(default_factory=list)  # per item (not with `rows.sparse`)
+    finals: dict = field(default_factory=dict)  # item → its finals, for the items that have one
+    partials: dict = field(default_factory=dict)  # item → its partial, for the items that have one
     eou_latencies: list[float] = field(default_factory=list)
 
 
@@ -131,13 +134,13 @@ class UtteranceEvents:
         (up to its last word, which opens the next utterance; the decoder carries on); the
         partial; and for a finalize, the utterance so far as a final with the decoder left as it
         is (only the text is split, as NeMo's path does)."""
-        store, items, slots = self.store, plan.items, plan.slots
-        n = len(items)
+        store, rows, slots = self.store, plan.rows, plan.slots
+        n = len(rows)
         stepped = np.zeros(n, np.int64)
         stepped[plan.batch] = plan.valid
         fresh_frames = np.zeros(n, np.int64)
         fresh_frames[plan.batch] = self.frames_per_chunk
-        forked = np.array([item.fork for item in items], bool)
+        forked = np.array(rows.fork, bool)
         stepped[forked], fresh_frames[forked] = 0, 0  # a fork moves nothing of its stream
         safe = np.where(slots >= 0, slots, 0)
         samples = store.samples[safe] + stepped
@@ -146,65 +149,73 @@ class UtteranceEvents:
         silent, utt_tokens = store.silent[safe].copy(), store.utt_tokens[safe].copy()
         split = store.split[safe].copy()
         drop_before = self._drop_before(plan, safe)
-        slot_list, host_rows, fork_list = slots.tolist(), plan.host_rows, forked.tolist()
-        rows = [i for i, slot in enumerate(slot_list) if slot in host_rows and not fork_list[i]]
-        if rows:
-            stepped_rows = np.array([host_rows[slot_list[i]] for i in rows], np.int64)
-            silent[rows], utt_tokens[rows] = stepped_rows[:, 0], stepped_rows[:, 1]
+        slot_list, host_rows, fork_list = slots.tolist(), plan.host_rows, rows.fork
+        stepped_items = [i for i, slot in enumerate(slot_list) if slot in host_rows and not fork_list[i]]
+        if stepped_items:
+            stepped_rows = np.array([host_rows[slot_list[i]] for i in stepped_items], np.int64)
+            silent[stepped_items], utt_tokens[stepped_items] = stepped_rows[:, 0], stepped_rows[:, 1]
         for i, slot in enumerate(slot_list if plan.floor_done else ()):
             if slot in plan.floor_done and not fork_list[i]:
                 drop_before[i] = 0
         now_list = (samples / self.sample_rate).tolist()
-        plan.outputs = outputs = [StepOutput() for _ in items]
-        deltas, partials, heard = plan.deltas, self.text.partial, self.text.frames
-        cuts = self.max_utterance_frames is not None
-        for i, item in enumerate(items):
-            slot = slot_list[i]
+        sparse = rows.sparse
+        if rows.offset is not None:  # partial times in the caller's time (rounded as its finals are)
+            partial_start = np.round(utt_start + rows.offset, 3).tolist()
+            partial_end = np.round(samples / self.sample_rate + rows.offset, 3).tolist()
+        restarted = set()  # items whose utterance start moves in this step (a final before the partial)
+        finals, partials = plan.finals, plan.partials
+        deltas, texts, heard = plan.deltas, self.text.partial, self.text.frames
+        max_frames = self.max_utterance_frames
+        columns = zip(slot_list, rows.stream_id, rows.samples, rows.is_last, rows.end_utterance, fork_list)
+        for i, (slot, stream_id, chunk, last, end, fork) in enumerate(columns):
             if slot < 0:
                 continue
-            out, now = outputs[i], now_list[i]
+            now = now_list[i]
             delta = deltas[slot] if slot in deltas else None
 
             def emit(final: Optional[Final]) -> None:
                 if final is not None:
                     utt_start[i] = final.end
-                    out.finals.append(final)
+                    finals.setdefault(i, []).append(final)
+                    restarted.add(i)
 
-            if item.fork:  # the utterance so far + the forked tail's tokens; the stream stays as it was
-                now = (store.samples[slot] + len(item.samples)) / self.sample_rate
+            if fork:  # the utterance so far + the forked tail's tokens; the stream stays as it was
+                now = (store.samples[slot] + len(chunk)) / self.sample_rate
                 final = self._final(self._utterance(slot, delta), now, utt_start[i])
                 emit(final)
                 if final is not None:
-                    self._mark(item, final, int(plan.marker[i]), now, plan)
+                    self._mark(stream_id, final, int(plan.marker[i]), now, plan)
                 plan.deltas.pop(slot, None)
                 plan.finished.append((slot, "clear", None))
                 utt_tokens[i], split[i] = 0, True
-                drop_before[i] = store.frames[slot] + -(-len(item.samples) * self.frames_per_chunk // self.chunk_samples)
+                drop_before[i] = store.frames[slot] + -(-len(chunk) * self.frames_per_chunk // self.chunk_samples)
                 continue
             if plan.ended[i]:
                 final = self._final(self._utterance(slot, delta), now, utt_start[i])
                 emit(final)
                 if final is not None:
-                    self._mark(item, final, int(plan.marker[i]), now, plan)
-                if item.is_last:
-                    plan.closed.append((item.stream_id, slot))
+                    self._mark(stream_id, final, int(plan.marker[i]), now, plan)
+                if last:
+                    plan.closed.append((stream_id, slot))
                     continue
                 plan.finished.append((slot, "clear", None))
                 plan.restart.append(slot)
                 utt_offset[i], silent[i], utt_tokens[i], split[i] = frames[i], 0, 0, False
-                if item.end_utterance:
+                if end:
                     split[i] = True
                 continue
-            text = delta.partial if delta is not None else partials[slot]
-            if cuts and (heard[slot] or delta is not None) and self._too_long(slot, delta, int(frames[i])):
+            text, changed = (delta.partial, True) if delta is not None else (texts[slot], False)
+            # max_utterance_s since the utterance's first token: cut it (inline: runs for every row)
+            first = heard[slot] or (delta.frames if delta is not None else heard[slot])
+            if max_frames is not None and first and frames[i] - first[0] >= max_frames:
                 utterance = self._utterance(slot, delta)
                 cut = self.text.cut_index(utterance[0])
                 emit(self._final(tuple(x[:cut] for x in utterance), now, utt_start[i]))
                 plan.finished.append((slot, "keep", cut))
                 kept = utterance[0][cut:]
-                utt_tokens[i], split[i] = len(kept), True
+                utt_tokens[i], split[i], changed = len(kept), True, True
                 text = self.text.texts(kept)[1]
-            if item.end_utterance:
+            if end:
                 skip = plan.finished[-1][2] if plan.finished and plan.finished[-1][0] == slot else 0
                 emit(self._final(tuple(x[skip:] for x in self._utterance(slot, delta)), now, utt_start[i]))
                 if skip:
@@ -212,8 +223,18 @@ class UtteranceEvents:
                 else:
                     plan.finished.append((slot, "clear", None))
                 split[i], utt_tokens[i] = True, 0
-            elif text:
-                out.partial = Partial(text=text, start=float(utt_start[i]), end=now)
+            elif text and (changed or not sparse):
+                if rows.offset is None:
+                    partials[i] = Partial(text=text, start=float(utt_start[i]), end=now)
+                else:
+                    start = partial_start[i] if i not in restarted else round(float(utt_start[i] + rows.offset[i]), 3)
+                    partials[i] = Partial(text=text, start=start, end=partial_end[i], speaker=rows.speaker[i])
+        if not sparse:
+            plan.outputs = outputs = [StepOutput() for _ in range(n)]
+            for i, events in finals.items():
+                outputs[i].finals = events
+            for i, partial in partials.items():
+                outputs[i].partial = partial
         live = slots >= 0
         rows = slots[live]
         plan.host.update({
@@ -229,13 +250,6 @@ class UtteranceEvents:
         if delta is None:
             return list(t.tokens[slot]), list(t.frames[slot]), list(t.confidence[slot])
         return t.tokens[slot] + delta.tokens, t.frames[slot] + delta.frames, t.confidence[slot] + delta.confidence
-
-    def _too_long(self, slot: int, delta, frames_now: int) -> bool:
-        """Has the utterance run `max_utterance_s` since its first token?"""
-        if self.max_utterance_frames is None:
-            return False
-        first = self.text.frames[slot][:1] or (delta.frames[:1] if delta is not None else [])
-        return bool(first) and frames_now - first[0] >= self.max_utterance_frames
 
     def _final(self, utterance: tuple[list, list, list], now: float, utt_start: float) -> Optional[Final]:
         """An utterance (tokens, frames, confidences) as a final, with NeMo's words."""

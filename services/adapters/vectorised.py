@@ -33,6 +33,7 @@ from pipecat_nvasr.protocol import Final
 from ..engine.adapter import StepItem, StreamingAdapter
 from .boosting import Boosting
 from .greedy import select_rows
+from .rows import Rows
 from .streaming_config import pipeline_config, served_context
 from .utterance_events import Prepared, UtteranceEvents
 
@@ -184,8 +185,12 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
     # ------------------------------------------------------------------ engine contract
 
     def prepare(self, items: list[StepItem]) -> Prepared:
+        return self.prepare_rows(Rows.of(items))
+
+    def prepare_rows(self, rows: Rows) -> Prepared:
+        """`prepare` over rows given as columns (rows.py: the multitalker's speaker rows)."""
         started = time.perf_counter()
-        plan = self._plan(items)
+        plan = self._plan(rows)
         try:
             self._run_model(plan)
             self._events(plan)
@@ -200,11 +205,20 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         shapes `prepare` made: they cannot fail), then each item's own Python bookkeeping; an
         item whose bookkeeping fails gets its exception as its result, and its stream is
         released — every other item's result and state are as if nothing happened."""
+        results: list = list(plan.outputs)
+        for i, exc in self.commit_rows(plan).items():
+            results[i] = exc
+        return results
+
+    def commit_rows(self, plan: Prepared) -> dict[int, Exception]:
+        """`commit`'s writes; the rows whose own bookkeeping failed, with the exception."""
         started = time.perf_counter()
         store = self.store
+        floors = self.floors
         for stream_id, slot in plan.opened:
             store.take(stream_id, slot)
-            self.floors.pop(stream_id, None)
+            if floors:
+                floors.pop(stream_id, None)
         with self._torch.inference_mode():
             for write in plan.device_writes:
                 write()
@@ -212,7 +226,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
                 store.restart_decoder(self._torch.from_numpy(np.array(plan.restart, np.int64)).to(self.device))
         for name, (slots, values) in plan.host.items():
             getattr(store, name)[slots] = values
-        results: list = list(plan.outputs)
+        failed: dict[int, Exception] = {}
         finished = {slot: (action, arg) for slot, action, arg in plan.finished}
         closed = dict((slot, sid) for sid, slot in plan.closed)
         boosts, deltas = plan.boosts, plan.deltas
@@ -220,21 +234,22 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
             if slot < 0 or not (slot in deltas or slot in finished or slot in closed or slot in boosts):
                 continue  # nothing of this item's own to store (most rows of most steps)
             try:
-                self._commit_slot(plan, slot, finished.get(slot), closed.get(slot))
+                self._commit_slot(plan, slot, finished[slot] if slot in finished else None,
+                                  closed[slot] if slot in closed else None)
             except Exception as exc:  # this stream's state is suspect: it alone ends
-                results[i] = exc
-                self.release(plan.items[i].stream_id)
+                failed[i] = exc
+                self.release(plan.rows.stream_id[i])
         if self.on_eou is not None:
             for latency in plan.eou_latencies:
                 self.on_eou(latency)
         self.seconds["step"] += time.perf_counter() - started
-        return results
+        return failed
 
     def _commit_slot(self, plan: Prepared, slot: int, finished, closed: Optional[int]) -> None:
         if slot in plan.boosts:
             self.boosting.set(slot, plan.boosts[slot])
             self.store.bias_id[slot] = self.boosting.model_id(slot)
-        delta = plan.deltas.get(slot)
+        delta = plan.deltas[slot] if slot in plan.deltas else None
         if delta is not None:
             self.text.apply(slot, delta)
         if finished is not None:
@@ -248,51 +263,52 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
 
     # ------------------------------------------------------------------ prepare, in parts
 
-    def _plan(self, items: list[StepItem]) -> Prepared:
+    def _plan(self, rows: Rows) -> Prepared:
         """Slots (a new stream takes the next free one), key-phrase graphs, and the step's audio."""
         store = self.store
-        count = len(items)
+        count = len(rows)
         slots = np.full(count, -1, np.int64)
-        fresh = store.free_slots(sum([item.is_first for item in items]))
-        opened, boosts, new_floors, last_rows = [], {}, {}, []
+        fresh = store.free_slots(sum(rows.is_first))
+        opened, boosts, new_floors, last_rows, taken = [], {}, {}, [], 0
         batch, valid = np.empty(count, np.int64), np.empty(count, np.int64)
-        audio, chunk, slot_of, j = self._audio, self.chunk_samples, store.slot_of, 0
-        try:  # (per item only attribute reads and array writes: this loop runs for every row of a step)
-            for i, item in enumerate(items):
-                if item.is_first:
-                    slot = fresh.pop(0)
-                    opened.append((item.stream_id, slot))
-                    if item.stream_id in self.floors:
-                        new_floors[slot] = self.floors[item.stream_id]
-                elif item.stream_id in slot_of:
-                    slot = slot_of[item.stream_id]
+        audio, chunk, slot_of, floors, given, j = self._audio, self.chunk_samples, store.slot_of, self.floors, rows.boost, 0
+        columns = zip(rows.stream_id, rows.samples, rows.is_first, rows.is_last, rows.end_utterance, rows.fork)
+        try:  # (per row only reads and array writes: this loop runs for every row of a step)
+            for i, (stream_id, samples, first, last, end, fork) in enumerate(columns):
+                if first:
+                    slot = fresh[taken]
+                    taken += 1
+                    opened.append((stream_id, slot))
+                    if stream_id in floors:
+                        new_floors[slot] = floors[stream_id]
+                elif stream_id in slot_of:
+                    slot = slot_of[stream_id]
                 else:
                     slot = -1
                 slots[i] = slot
-                if slot >= 0 and (item.boost is not None or item.is_first):
-                    boosts[slot] = self.boosting.build(item.boost or [])
-                samples = item.samples
+                if slot >= 0 and i in given:  # (a fresh slot has no graph: nothing to set without phrases)
+                    boosts[slot] = self.boosting.build(given[i] or [])
                 k = samples.shape[0]
-                if slot < 0 or not (k or item.is_last or not item.end_utterance):
+                if slot < 0 or not (k or last or not end):
                     continue  # a finalize with no new audio: no model call, the utterance is only split
                 batch[j] = i
-                valid[j] = chunk if item.fork else k  # a forked tail: its zeros are the silence after it
+                valid[j] = chunk if fork else k  # a forked tail: its zeros are the silence after it
                 audio[j, :k] = samples
                 audio[j, k:] = 0.0
-                if item.is_last:
+                if last:
                     last_rows.append(j)
                 j += 1
         except BaseException:
             self.boosting.discard(boosts.values())
             raise
-        return Prepared(items=items, slots=slots, opened=opened, boosts=boosts, batch=batch[:j], valid=valid[:j],
+        return Prepared(rows=rows, slots=slots, opened=opened, boosts=boosts, batch=batch[:j], valid=valid[:j],
                         last_rows=last_rows, new_floors=new_floors)
 
     def _run_model(self, plan: Prepared) -> None:
         """Features, encoder and decoder for every stepped row; new state kept in `plan`."""
         torch, store = self._torch, self.store
         n = len(plan.batch)
-        count = len(plan.items)
+        count = len(plan.rows)
         plan.ended = np.zeros(count, bool)
         plan.marker = np.zeros(count, np.int64)
         if not n:
@@ -304,9 +320,9 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
             t0 = time.perf_counter()
             buffers, right_pad, write = self.frontend.step(store, idx, audio_t,
                                                            torch.from_numpy(plan.valid).to(self.device))
-            forks = [j for j, i in enumerate(plan.batch.tolist()) if plan.items[i].fork]
+            forks = np.flatnonzero(np.array(plan.rows.fork, bool)[plan.batch])
             plan.stored = None  # batch rows whose new state is stored (None: all; forks never are)
-            if forks:
+            if len(forks):
                 plan.stored = np.setdiff1d(np.arange(n), forks)
                 kept = torch.from_numpy(plan.stored).to(self.device)
                 plan.device_writes.append(lambda: write(kept))
@@ -382,7 +398,7 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
         (multilingual: the language prompt is applied here, as in NeMo's prompt models)."""
         return encoded
 
-    def _mark(self, item: StepItem, final: Final, marker: int, now: float, plan: Prepared) -> None:
+    def _mark(self, stream_id: int, final: Final, marker: int, now: float, plan: Prepared) -> None:
         """What an end marker says about the final (the EOU subclass)."""
 
     def compile_boost(self, phrases) -> None:

@@ -18,7 +18,6 @@ import numpy as np
 
 from pipecat_nvasr.protocol import Final
 
-from ..engine.adapter import StepItem
 from ..refusal import StartupRefusal
 from .vectorised import VectorisedRNNTAdapter
 
@@ -57,10 +56,10 @@ class VectorisedEOUAdapter(VectorisedRNNTAdapter):
             cfg["streaming"]["chunk_size_in_secs"] = 0.08
         return cfg
 
-    def _mark(self, item: StepItem, final: Final, marker: int, now: float, plan) -> None:
+    def _mark(self, stream_id: int, final: Final, marker: int, now: float, plan) -> None:
         if marker == EOB:
             final.backchannel = True
         elif marker == EOU:
             final.end_of_turn = True
-            if item.stream_id >= 0:  # not the warm-up stream
+            if stream_id >= 0:  # not the warm-up stream
                 plan.eou_latencies.append(max(0.0, now - final.end))

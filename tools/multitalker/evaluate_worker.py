@@ -3,8 +3,8 @@ the diarizer as the worker runs it, and cpWER of the speaker-labelled finals the
 
 Every conversation of a set is one session of ONE `MultitalkerAdapter` (services/adapters/multitalker.py),
 all stepped together in batches as the engine would (160 ms chunks, a close at the end), so the figures
-are those of the worker's own code: incremental features, no right context, row pre-roll, targets, the
-speaker-silence close. DER: frame level (80 ms), collar 0, overlap counted, best permutation per
+are those of the worker's own code (its defaults unless a flag says otherwise): incremental features,
+the diarizer's look-ahead, row pre-roll, targets, the speaker-silence close. DER: frame level (80 ms), collar 0, overlap counted, best permutation per
 conversation, pooled; cpWER: tools/multitalker/cpwer.py, pooled.
 
     python tools/multitalker/evaluate_worker.py --asr tests/assets/tiny_multitalker.nemo \
@@ -116,12 +116,20 @@ def main() -> None:
     ap.add_argument("--target-threshold", type=float, default=0.3)
     ap.add_argument("--speaker-silence-ms", type=int, default=640)
     ap.add_argument("--preroll-chunks", type=int, default=1)
+    ap.add_argument("--targets", choices=["nemo", "binary"], default="nemo")
+    ap.add_argument("--instances", choices=["turn", "session"], default="turn")
+    ap.add_argument("--right-context", type=int, default=None, help="diarizer look-ahead frames (default: the preset)")
     args = ap.parse_args()
+    from services.adapters.diarizer_settings import DiarizerSettings
     from services.adapters.multitalker import MultitalkerAdapter
 
+    settings = DiarizerSettings.resolve("low", right_context=args.right_context)
     adapter = MultitalkerAdapter(args.asr, args.diar, max_streams=args.batch, target_threshold=args.target_threshold,
-                                 speaker_silence_ms=args.speaker_silence_ms, preroll_chunks=args.preroll_chunks)
-    report = {"asr": args.asr, "diar": args.diar, "chunk_ms": adapter.chunk_ms, "sets": {}}
+                                 speaker_silence_ms=args.speaker_silence_ms, preroll_chunks=args.preroll_chunks,
+                                 targets=args.targets, instances=args.instances, diar_settings=settings)
+    report = {"asr": args.asr, "diar": args.diar, "chunk_ms": adapter.chunk_ms, "targets": args.targets,
+              "instances": args.instances, "right_context": settings.right_context,
+              "target_threshold": args.target_threshold, "preroll_chunks": args.preroll_chunks, "sets": {}}
     for name in args.sets:
         began = time.time()
         res = run_set(adapter, load_set(Path(args.work) / f"{name}.jsonl", args.limit), args.batch)
