@@ -206,7 +206,7 @@ class UtteranceEvents:
                 continue
             text, changed = (delta.partial, True) if delta is not None else (texts[slot], False)
             # max_utterance_s since the utterance's first token: cut it (inline: runs for every row)
-            first = heard[slot] or (delta.frames if delta is not None else heard[slot])
+            first = heard[slot] or (delta.frames if delta is not None else ())
             if max_frames is not None and first and frames[i] - first[0] >= max_frames:
                 utterance = self._utterance(slot, delta)
                 cut = self.text.cut_index(utterance[0])
