@@ -354,6 +354,28 @@ def test_python_calls_per_added_session_step_are_counted_and_bounded(adapter):
     assert adapter.active_streams() == 0 and adapter.active_rows() == 0
 
 
+def test_rows_that_end_in_a_step_are_reset_with_no_tensor_op_per_session(adapter):
+    """A step where every session ends (its speaker rows give their finals and close): the rows'
+    slots are reset together (`SlotStore.close_all`), so an added session adds no tensor op (a GPU
+    kernel launch); one reset per row cost about 11 before."""
+    from benchmarks.opcount import count, per_added
+
+    audio, n, at = conversations()[0], adapter.chunk_samples, 14
+    costs, base = {}, 2000
+    for sessions in (2, 2, 8):  # the first pass warms one-time paths and is overwritten
+        ids = list(range(base, base + sessions))
+        base += sessions
+        for c in range(at):
+            adapter.step([StepItem(i, audio[c * n : (c + 1) * n], is_first=c == 0, is_last=False) for i in ids])
+        assert adapter.active_rows() >= 2 * sessions, "both speakers' rows are open"
+        items = [StepItem(i, audio[at * n : (at + 1) * n], is_first=False, is_last=True) for i in ids]
+        outs = []
+        costs[sessions] = count(lambda: outs.extend(adapter.step(items)))
+        assert all(out.finals for out in outs) and adapter.active_rows() == 0 and adapter.active_streams() == 0
+    added = per_added(costs[2], costs[8], 2, 8)
+    assert added["ops"] == 0 and added["syncs"] == 0, added
+
+
 @pytest.mark.parametrize("right_context", [1, 7])  # one chunk held back (the default), four
 def test_the_common_steps_window_matrix_gives_what_the_per_session_drain_gives(monkeypatch, right_context):
     """lookahead.py builds the common step (every session holds `hold` whole chunks and brings one

@@ -406,8 +406,7 @@ class MultitalkerAdapter(ForkedFinalize, StreamingAdapter):
         slot = self.slot_of.get(stream_id)
         if slot is None:
             return
-        for row in self.row_id[slot][self.row_id[slot] >= 0].tolist():
-            self.asr.release(row)
+        self.asr.release_all(self.row_id[slot][self.row_id[slot] >= 0].tolist())
         self._forget(stream_id, slot)
 
     def _forget(self, stream_id: int, slot: int) -> None:

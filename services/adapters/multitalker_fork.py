@@ -95,8 +95,7 @@ class ForkedFinalize:
             self.asr.floors[row] = int(np.ceil(ahead * self.asr.frames_per_chunk / self.chunk_samples))
 
     def _drop_copy(self, copy: int) -> None:
-        for row in self.row_id[copy][self.row_id[copy] >= 0].tolist():
-            self.asr.release(row)
+        self.asr.release_all(self.row_id[copy][self.row_id[copy] >= 0].tolist())
         self.row_id[copy] = -1
         self.boost.pop(copy, None)
         self._copies.append(copy)

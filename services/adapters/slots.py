@@ -73,12 +73,19 @@ class SlotStore:
         self.slot_of[stream_id] = slot
 
     def close(self, stream_id: int) -> Optional[int]:
-        """Free a stream's slot, resetting its rows to a fresh stream's: zero caches, audio
-        look-back and features (the zero fill of training), the decoder at <SOS>, zero counters."""
-        slot = self.slot_of.pop(stream_id, None)
-        if slot is None:
-            return None
-        idx = torch.tensor([slot]).to(self.device, non_blocking=True)
+        """Free a stream's slot (`close_all` of one); its slot, or None if it held none."""
+        freed = self.close_all([stream_id])
+        return freed[0] if freed else None
+
+    def close_all(self, stream_ids: list[int]) -> list[int]:
+        """Free the streams' slots, resetting their rows to a fresh stream's: zero caches, audio
+        look-back and features (the zero fill of training), the decoder at <SOS>, zero counters.
+        One write per tensor for all of them (the rows that close in a step); streams holding no
+        slot are skipped. Returns the slots freed."""
+        slots = [self.slot_of.pop(stream_id) for stream_id in stream_ids if stream_id in self.slot_of]
+        if not slots:
+            return []
+        idx = torch.tensor(slots).to(self.device, non_blocking=True)
         with torch.inference_mode():
             self.cache_channel.index_fill_(1, idx, 0.0)
             self.cache_time.index_fill_(1, idx, 0.0)
@@ -87,13 +94,13 @@ class SlotStore:
             self.features.index_fill_(0, idx, 0.0)
         self.restart_decoder(idx)
         for array in (self.samples, self.frames, self.utt_offset, self.silent, self.utt_tokens):
-            array[slot] = 0
-        self.utt_start[slot] = 0.0
-        self.split[slot] = False
-        self.bias_id[slot] = -1
-        self.drop_before[slot] = 0
-        self._free.append(slot)
-        return slot
+            array[slots] = 0
+        self.utt_start[slots] = 0.0
+        self.split[slots] = False
+        self.bias_id[slots] = -1
+        self.drop_before[slots] = 0
+        self._free.extend(slots)
+        return slots
 
     def restart_decoder(self, idx: torch.Tensor) -> None:
         """Rows `idx` start a new utterance: prediction network back at <SOS>, no frames decoded."""

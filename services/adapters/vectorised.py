@@ -228,24 +228,24 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
             getattr(store, name)[slots] = values
         failed: dict[int, Exception] = {}
         finished = {slot: (action, arg) for slot, action, arg in plan.finished}
-        closed = dict((slot, sid) for sid, slot in plan.closed)
         boosts, deltas = plan.boosts, plan.deltas
         for i, slot in enumerate(plan.slots.tolist()):
-            if slot < 0 or not (slot in deltas or slot in finished or slot in closed or slot in boosts):
+            if slot < 0 or not (slot in deltas or slot in finished or slot in boosts):
                 continue  # nothing of this item's own to store (most rows of most steps)
             try:
-                self._commit_slot(plan, slot, finished[slot] if slot in finished else None,
-                                  closed[slot] if slot in closed else None)
+                self._commit_slot(plan, slot, finished[slot] if slot in finished else None)
             except Exception as exc:  # this stream's state is suspect: it alone ends
                 failed[i] = exc
                 self.release(plan.rows.stream_id[i])
+        if plan.closed:  # the streams that ended in this step: their slots are freed (and reset) at once
+            self.release_all([stream_id for stream_id, _ in plan.closed])
         if self.on_eou is not None:
             for latency in plan.eou_latencies:
                 self.on_eou(latency)
         self.seconds["step"] += time.perf_counter() - started
         return failed
 
-    def _commit_slot(self, plan: Prepared, slot: int, finished, closed: Optional[int]) -> None:
+    def _commit_slot(self, plan: Prepared, slot: int, finished) -> None:
         if slot in plan.boosts:
             self.boosting.set(slot, plan.boosts[slot])
             self.store.bias_id[slot] = self.boosting.model_id(slot)
@@ -258,8 +258,6 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
                 self.text.clear(slot)
             else:  # "keep": the utterance goes on from token `arg` (a max-length cut)
                 self.text.keep_from(slot, arg)
-        if closed is not None:  # the stream ended in this step: its slot is freed (and reset)
-            self.release(closed)
 
     # ------------------------------------------------------------------ prepare, in parts
 
@@ -436,11 +434,17 @@ class VectorisedRNNTAdapter(UtteranceEvents, StreamingAdapter):
             / self.sample_rate
 
     def release(self, stream_id: int) -> None:
-        slot = self.store.slot_of.get(stream_id)
-        if slot is not None:
-            self.boosting.set(slot, None)
-            self.text.clear(slot)
-            self.store.close(stream_id)
+        self.release_all([stream_id])
+
+    def release_all(self, stream_ids: list[int]) -> None:
+        """Forget these streams (those holding a slot): one reset of their rows for all of them."""
+        slot_of = self.store.slot_of
+        for stream_id in stream_ids:
+            if stream_id in slot_of:
+                slot = slot_of[stream_id]
+                self.boosting.set(slot, None)
+                self.text.clear(slot)
+        self.store.close_all(stream_ids)
 
     def active_streams(self) -> int:
         return len(self.store)
